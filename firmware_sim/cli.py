@@ -1,0 +1,7 @@
+"""Command line of the simulated meters."""
+
+from __future__ import annotations
+
+import typer
+
+sim_app = typer.Typer(help="Simulated meters that speak the real protocols.", no_args_is_help=True)
