@@ -241,16 +241,20 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
     """Load and validate; the error names the file, the key and the problem."""
     env = os.environ if environ is None else environ
     p = Path(path or env.get("CAMPUSMON_CONFIG") or DEFAULT_CONFIG)
+    return parse_config(read_yaml(p), str(p), dict(env))
+
+
+def read_yaml(p: Path, example: str = "deploy/campus.yaml") -> Any:
+    """Read one YAML file; errors name the file, the line and what to do (shared by every config file)."""
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{p}: file not found (copy deploy/campus.yaml to start)") from None
+        raise ConfigError(f"{p}: file not found (copy {example} to start)") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{p}:{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    return parse_config(data, str(p), dict(env))

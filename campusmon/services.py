@@ -155,7 +155,7 @@ class Server:
 
 class Mosquitto(Server):
     def __init__(self, data_dir: Path, port: int) -> None:
-        super().__init__("mosquitto", Path(data_dir), port, MOSQUITTO_BIN)
+        super().__init__("mosquitto", Path(data_dir).resolve(), port, MOSQUITTO_BIN)
 
     @property
     def conf(self) -> Path:
@@ -193,7 +193,7 @@ class Mosquitto(Server):
 
 class InfluxDB(Server):
     def __init__(self, data_dir: Path, port: int, rpc_port: int | None = None) -> None:
-        super().__init__("influxdb", Path(data_dir), port, INFLUXD_BIN)
+        super().__init__("influxdb", Path(data_dir).resolve(), port, INFLUXD_BIN)
         self.rpc_port = rpc_port or (free_port() if port != 8086 else 8088)
 
     @property
@@ -248,7 +248,7 @@ class VictoriaMetrics(Server):
     """A real server that implements the InfluxDB v2 write API; used to test the v2 back-end."""
 
     def __init__(self, data_dir: Path, port: int) -> None:
-        super().__init__("victoria-metrics", Path(data_dir), port, VM_BIN)
+        super().__init__("victoria-metrics", Path(data_dir).resolve(), port, VM_BIN)
 
     def command(self) -> list[str]:
         return [self.binary, f"-httpListenAddr=127.0.0.1:{self.port}", f"-storageDataPath={self.data_dir}/data",

@@ -1,0 +1,117 @@
+"""``campusmon demo``: the whole system on one machine, with a simulated campus feeding it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import typer
+
+from campusmon.config import load_config
+from campusmon.services import InfluxDB, Mosquitto, Server, ServiceError, free_port, port_free, wait_port
+
+DEMO_DIR = Path("var/demo")
+
+
+def _port(preferred: int) -> int:
+    return preferred if port_free(preferred) else free_port()
+
+
+def _child(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", "campusmon.cli", *args], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def run_demo(config: Path, hours: int, interval: int) -> None:
+    base = load_config(config)
+    ports = {"mqtt": _port(base.services.mosquitto_port), "influx": _port(base.services.influxdb_port),
+             "api": _port(base.api.port)}  # fmt: skip
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update({
+        "CAMPUSMON_CONFIG": str(config),
+        "CAMPUSMON_MQTT__PORT": str(ports["mqtt"]),
+        "CAMPUSMON_INFLUXDB__URL": f"http://127.0.0.1:{ports['influx']}",
+        "CAMPUSMON_API__PORT": str(ports["api"]),
+        "CAMPUSMON_DATABASE__URL": f"sqlite:///{DEMO_DIR}/campus.sqlite",
+        "CAMPUSMON_SERVICES__DATA_DIR": str(DEMO_DIR / "services"),
+    })  # fmt: skip
+    cfg = load_config(config, env)
+    servers: list[Server] = [Mosquitto(DEMO_DIR / "mosquitto", ports["mqtt"]),
+                             InfluxDB(DEMO_DIR / "influxdb", ports["influx"])]  # fmt: skip
+    children: list[subprocess.Popen[bytes]] = []
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        for s in servers:
+            typer.echo(f"starting {s.name} on 127.0.0.1:{s.port} …")
+            s.start()
+        children.append(_child(["collector"], env, DEMO_DIR / "collector.log"))
+        children.append(_child(["api"], env, DEMO_DIR / "api.log"))
+        wait_port(ports["api"], 30, children[-1])
+        from firmware_sim.mqtt_meters import MqttFleet
+        from firmware_sim.profiles import sim_meters_for
+
+        fleet = MqttFleet(sim_meters_for(cfg, 1), "127.0.0.1", ports["mqtt"], interval_s=900, seed=1,
+                          flat_share=0.2, fault_rate=0.002, client_id="campusmon-demo-sim")  # fmt: skip
+        now = int(time.time())
+        with typer.progressbar(length=hours * 4, label=f"simulating {hours} h of {len(fleet.meters)} meters") as bar:
+            fleet.backfill(now - hours * 3600, now - 60, lambda i, t: bar.update(1))
+        fleet.interval_s = interval
+        live = threading.Thread(target=fleet.follow, args=(stop,), daemon=True)
+        live.start()
+        api = f"http://127.0.0.1:{ports['api']}"
+        m = cfg.meters[0].id
+        _wait_for_data(api, m, stop)
+        typer.echo(f"""
+Campus energy monitor demo is running ({len(cfg.buildings)} buildings, {len(cfg.meters)} meters).
+  API docs          {api}/docs
+  meters            {api}/api/v1/meters
+  readings          {api}/api/v1/meters/{m}/readings?every=1h
+  latest            {api}/api/v1/meters/{m}/latest
+  rejected payloads {api}/api/v1/ingest/rejections
+  metrics           {api}/metrics
+  MQTT broker       127.0.0.1:{ports['mqtt']}   InfluxDB http://127.0.0.1:{ports['influx']} (db {cfg.influxdb.database})
+Logs in {DEMO_DIR}/. Press Ctrl-C to stop.""")
+        while not stop.wait(1):
+            for c in children:
+                if c.poll() is not None:
+                    typer.secho(f"a child process exited ({c.args[3:]} code {c.returncode}); see {DEMO_DIR}/*.log",
+                                fg="red")  # fmt: skip
+                    stop.set()
+    except KeyboardInterrupt:
+        pass
+    except ServiceError as e:
+        typer.secho(str(e), err=True, fg="red")
+    finally:
+        stop.set()
+        typer.echo("stopping …")
+        for c in reversed(children):
+            c.send_signal(signal.SIGINT)
+        for c in children:
+            try:
+                c.wait(20)
+            except subprocess.TimeoutExpired:
+                c.kill()
+        for s in reversed(servers):
+            s.stop()
+        typer.echo("stopped.")
+
+
+def _wait_for_data(api: str, meter: str, stop: threading.Event, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            r = httpx.get(f"{api}/api/v1/meters/{meter}/readings", params={"every": "1h"}, timeout=5)
+            if r.status_code == 200 and r.json()["count"] > 0:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
