@@ -67,7 +67,8 @@ def create_app(cfg: CampusConfig, start_jobs: bool = True) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"where": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in jsonable_encoder(exc.errors())
+            {"where": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]}
+            for e in jsonable_encoder(exc.errors())
         ]
         text = "; ".join(f"{p['where']}: {p['problem']}" for p in problems)
         return JSONResponse({"error": f"invalid request: {text}", "status": 422, "problems": problems}, 422)

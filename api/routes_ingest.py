@@ -18,17 +18,24 @@ router = APIRouter(prefix="/api/v1", tags=["ingest"])
 def _ingestor(request: Request) -> Ingestor:
     st = request.app.state
     if getattr(st, "ingestor", None) is None:
-        st.ingestor = Ingestor(st.cfg, st.store, DeadLetters(st.sessions), "http", getattr(st, "reading_hooks", ()))
+        st.ingestor = Ingestor(
+            st.cfg, st.store, DeadLetters(st.sessions), "http", getattr(st, "reading_hooks", ())
+        )
     return st.ingestor
 
 
 @router.post(
     "/readings",
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {}},
-                                                                  "application/senml+json": {"schema": {}}}}},
-)  # fmt: skip
-async def post_readings(request: Request, meter: str | None = Query(None, description="act as this meter's topic")
-                        ) -> JSONResponse:  # fmt: skip
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {}}, "application/senml+json": {"schema": {}}},
+        }
+    },
+)
+async def post_readings(
+    request: Request, meter: str | None = Query(None, description="act as this meter's topic")
+) -> JSONResponse:
     """Same payloads as MQTT (SenML pack or flat JSON). 200 when stored (with any per-record rejections),
     422 when nothing in the body was acceptable, 503 while InfluxDB is down (retry; nothing kept)."""
     body = await request.body()
@@ -46,8 +53,12 @@ async def post_readings(request: Request, meter: str | None = Query(None, descri
 
 
 @router.get("/ingest/rejections")
-def rejections(request: Request, reason: str | None = None, before: int | None = Query(None, ge=1),
-               limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:  # fmt: skip
+def rejections(
+    request: Request,
+    reason: str | None = None,
+    before: int | None = Query(None, ge=1),
+    limit: int = Query(100, ge=1, le=1000),
+) -> dict[str, Any]:
     """Counts per reason and the newest rejected records with their raw payloads; page with ``before``."""
     if reason is not None and reason not in REASONS:
         raise HTTPException(422, f"unknown reason {reason!r}; one of: {', '.join(REASONS)}")
@@ -56,9 +67,16 @@ def rejections(request: Request, reason: str | None = None, before: int | None =
     return {
         "counts": dl.counts(),
         "items": [
-            {"id": d.id, "received_at": d.received_at.isoformat(), "source": d.source, "reason": d.reason,
-             "detail": d.detail, "record": d.record, "payload": d.payload}
+            {
+                "id": d.id,
+                "received_at": d.received_at.isoformat(),
+                "source": d.source,
+                "reason": d.reason,
+                "detail": d.detail,
+                "record": d.record,
+                "payload": d.payload,
+            }
             for d in items
         ],
         "next_before": items[-1].id if len(items) == limit else None,
-    }  # fmt: skip
+    }

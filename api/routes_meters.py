@@ -27,14 +27,23 @@ def _meter_json(request: Request, meter_id: str) -> dict[str, Any]:
 
 
 @router.get("")
-def list_meters(request: Request, building: str | None = None, kind: Literal["electricity", "water"] | None = None,
-                category: str | None = None) -> dict[str, Any]:  # fmt: skip
+def list_meters(
+    request: Request,
+    building: str | None = None,
+    kind: Literal["electricity", "water"] | None = None,
+    category: str | None = None,
+) -> dict[str, Any]:
     """Meters in the registry, optionally filtered."""
     cfg = request.app.state.cfg
     if building is not None and cfg.building(building) is None:
         raise HTTPException(404, f"building {building!r} is not defined")
-    ms = [m for m in cfg.meters if (building is None or m.building == building) and (kind is None or m.kind == kind)
-          and (category is None or m.category.startswith(category))]  # fmt: skip
+    ms = [
+        m
+        for m in cfg.meters
+        if (building is None or m.building == building)
+        and (kind is None or m.kind == kind)
+        and (category is None or m.category.startswith(category))
+    ]
     return {"count": len(ms), "meters": [m.model_dump(mode="json", exclude_none=True) for m in ms]}
 
 
@@ -75,8 +84,11 @@ def readings(
     for n in names:
         q = QUANTITIES.get(n)
         if q is None or q.kind != m.kind:
-            raise HTTPException(422, f"quantity {n!r} is not a {m.kind.value} quantity; valid: "
-                                     + ", ".join(x.name for x in QUANTITIES.values() if x.kind == m.kind))  # fmt: skip
+            raise HTTPException(
+                422,
+                f"quantity {n!r} is not a {m.kind.value} quantity; valid: "
+                + ", ".join(x.name for x in QUANTITIES.values() if x.kind == m.kind),
+            )
     where = f'"meter" = $meter AND time >= {s}s AND time < {e}s'
     if every:
         step = parse_duration(every, "every")
@@ -95,5 +107,13 @@ def readings(
         for row in sr["values"]:
             if any(row[i] is not None for i in idx):
                 points.append([row[0], *(row[i] for i in idx)])
-    return {"meter": meter_id, "start": s, "end": e, "every": every, "columns": cols,
-            "units": {n: QUANTITIES[n].unit for n in names}, "count": len(points), "points": points}  # fmt: skip
+    return {
+        "meter": meter_id,
+        "start": s,
+        "end": e,
+        "every": every,
+        "columns": cols,
+        "units": {n: QUANTITIES[n].unit for n in names},
+        "count": len(points),
+        "points": points,
+    }

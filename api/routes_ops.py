@@ -32,7 +32,9 @@ def metrics(request: Request) -> Response:
     """Prometheus text: ingest counters of this process plus the dead-letter store's counts by reason."""
     body = generate_latest()
     counts = DeadLetters(request.app.state.sessions).counts()
-    extra = ["# HELP campusmon_dead_letters Records kept in the dead-letter store, by reason",
-             "# TYPE campusmon_dead_letters gauge"]  # fmt: skip
+    extra = [
+        "# HELP campusmon_dead_letters Records kept in the dead-letter store, by reason",
+        "# TYPE campusmon_dead_letters gauge",
+    ]
     extra += [f'campusmon_dead_letters{{reason="{r}"}} {n}' for r, n in sorted(counts.items())]
     return Response(body + ("\n".join(extra) + "\n").encode(), media_type=CONTENT_TYPE_LATEST)

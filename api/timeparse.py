@@ -23,7 +23,9 @@ def parse_time(value: str | None, tz: ZoneInfo, name: str, default: float | None
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise HTTPException(422, f"{name}={value!r}: use ISO 8601 (2026-10-01T00:00+08:00), a date, or Unix seconds") from None
+        raise HTTPException(
+            422, f"{name}={value!r}: use ISO 8601 (2026-10-01T00:00+08:00), a date, or Unix seconds"
+        ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=tz)
     return int(dt.timestamp())
@@ -43,7 +45,9 @@ def parse_duration(value: str, name: str) -> int:
     return n
 
 
-def time_range(start: str | None, end: str | None, tz: ZoneInfo, default_span: int = 86400) -> tuple[int, int]:
+def time_range(
+    start: str | None, end: str | None, tz: ZoneInfo, default_span: int = 86400
+) -> tuple[int, int]:
     e = parse_time(end, tz, "end", time.time() + 1)
     s = parse_time(start, tz, "start", e - default_span)
     if s >= e:

@@ -12,11 +12,17 @@ import typer
 
 from campusmon.config import CampusConfig, ConfigError, load_config
 
-app = typer.Typer(help="Campus energy monitor: meters → InfluxDB → consumption and waste alerts.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)  # fmt: skip
-services_app = typer.Typer(help="Local Mosquitto and InfluxDB for development and the demo.", no_args_is_help=True)
-collector_app = typer.Typer(help="Collectors: MQTT (default) or a serial bus straight into InfluxDB.",
-                            invoke_without_command=True)  # fmt: skip
+app = typer.Typer(
+    help="Campus energy monitor: meters → InfluxDB → consumption and waste alerts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+services_app = typer.Typer(
+    help="Local Mosquitto and InfluxDB for development and the demo.", no_args_is_help=True
+)
+collector_app = typer.Typer(
+    help="Collectors: MQTT (default) or a serial bus straight into InfluxDB.", invoke_without_command=True
+)
 config_app = typer.Typer(help="Configuration tools.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
 app.add_typer(collector_app, name="collector")
@@ -26,8 +32,10 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="campus.y
 
 
 def _setup_logging(level: str | None = None) -> None:
-    logging.basicConfig(level=(level or os.environ.get("CAMPUSMON_LOG_LEVEL", "INFO")).upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=(level or os.environ.get("CAMPUSMON_LOG_LEVEL", "INFO")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def config_or_exit(path: Path | None) -> CampusConfig:
@@ -45,8 +53,10 @@ def config_or_exit(path: Path | None) -> CampusConfig:
 def config_check(config: ConfigOpt = None) -> None:
     """Validate a campus.yaml and print a summary."""
     cfg = config_or_exit(config)
-    typer.echo(f"ok: {len(cfg.buildings)} buildings, {len(cfg.meters)} meters, timezone {cfg.site.timezone}, "
-               f"influxdb {cfg.influxdb.backend} {cfg.influxdb.url}, mqtt {cfg.mqtt.host}:{cfg.mqtt.port}")  # fmt: skip
+    typer.echo(
+        f"ok: {len(cfg.buildings)} buildings, {len(cfg.meters)} meters, timezone {cfg.site.timezone}, "
+        f"influxdb {cfg.influxdb.backend} {cfg.influxdb.url}, mqtt {cfg.mqtt.host}:{cfg.mqtt.port}"
+    )
 
 
 # -- services -------------------------------------------------------------------------------------
@@ -56,8 +66,10 @@ def _servers(cfg: CampusConfig) -> list:
     from campusmon.services import InfluxDB, Mosquitto
 
     root = Path(cfg.services.data_dir)
-    return [Mosquitto(root / "mosquitto", cfg.services.mosquitto_port),
-            InfluxDB(root / "influxdb", cfg.services.influxdb_port)]  # fmt: skip
+    return [
+        Mosquitto(root / "mosquitto", cfg.services.mosquitto_port),
+        InfluxDB(root / "influxdb", cfg.services.influxdb_port),
+    ]
 
 
 @services_app.command("up")
@@ -95,7 +107,9 @@ def services_status(config: ConfigOpt = None) -> None:
     for srv in _servers(cfg):
         pid = srv.running_pid()
         down += pid is None
-        typer.echo(f"{srv.name}: {'running pid ' + str(pid) if pid else 'stopped'} (127.0.0.1:{srv.port}, {srv.data_dir})")
+        typer.echo(
+            f"{srv.name}: {'running pid ' + str(pid) if pid else 'stopped'} (127.0.0.1:{srv.port}, {srv.data_dir})"
+        )
     raise typer.Exit(1 if down else 0)
 
 
@@ -124,8 +138,10 @@ def _reading_hooks(cfg: CampusConfig) -> tuple:
 
 
 @collector_app.command("serial")
-def collector_serial(config: Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml of the buses")],
-                     log_level: str | None = None) -> None:  # fmt: skip
+def collector_serial(
+    config: Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml of the buses")],
+    log_level: str | None = None,
+) -> None:
     """Poll serial buses and write straight into InfluxDB (buses wired to the server)."""
     _setup_logging(log_level)
     from collectors.serial_collector import run_serial_collector
@@ -134,8 +150,9 @@ def collector_serial(config: Annotated[Path, typer.Option("--config", "-c", help
 
 
 @app.command("gateway")
-def gateway(config: Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")],
-            log_level: str | None = None) -> None:  # fmt: skip
+def gateway(
+    config: Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")], log_level: str | None = None
+) -> None:
     """The building gateway: poll RS-485 buses, keep readings on disk, forward them over MQTT."""
     _setup_logging(log_level)
     from gateway.service import run_gateway
@@ -144,8 +161,9 @@ def gateway(config: Annotated[Path, typer.Option("--config", "-c", help="gateway
 
 
 @app.command("api")
-def api(config: ConfigOpt = None, host: str | None = None, port: int | None = None, log_level: str | None = None
-        ) -> None:  # fmt: skip
+def api(
+    config: ConfigOpt = None, host: str | None = None, port: int | None = None, log_level: str | None = None
+) -> None:
     """The HTTP API (OpenAPI at /docs)."""
     _setup_logging(log_level)
     cfg = config_or_exit(config)
@@ -157,8 +175,11 @@ def api(config: ConfigOpt = None, host: str | None = None, port: int | None = No
 
 
 @app.command("demo")
-def demo(config: ConfigOpt = None, hours: Annotated[int, typer.Option(help="history to backfill")] = 24,
-         interval: Annotated[int, typer.Option(help="live reading interval, seconds")] = 10) -> None:  # fmt: skip
+def demo(
+    config: ConfigOpt = None,
+    hours: Annotated[int, typer.Option(help="history to backfill")] = 24,
+    interval: Annotated[int, typer.Option(help="live reading interval, seconds")] = 10,
+) -> None:
     """Start servers, collector, API and a simulated campus; Ctrl-C stops everything."""
     _setup_logging("WARNING")
     from campusmon.demo import run_demo

@@ -166,7 +166,9 @@ class CampusConfig(_Model):
         meters = {m.id: m for m in self.meters}
         for i, m in enumerate(self.meters):
             if m.building not in known:
-                raise ValueError(f"meters[{i}] ({m.id}): building {m.building!r} is not defined under buildings")
+                raise ValueError(
+                    f"meters[{i}] ({m.id}): building {m.building!r} is not defined under buildings"
+                )
             if m.parent is not None:
                 p = meters.get(m.parent)
                 if p is None:

@@ -41,8 +41,13 @@ class DeadLetters:
             return
         with self.sessions.begin() as s:
             s.add_all(
-                DeadLetter(source=src[:200], reason=reason, detail=detail[:2000], record=_jsonable(rec),
-                           payload=payload_text(payload))  # fmt: skip
+                DeadLetter(
+                    source=src[:200],
+                    reason=reason,
+                    detail=detail[:2000],
+                    record=_jsonable(rec),
+                    payload=payload_text(payload),
+                )
                 for src, reason, detail, rec, payload in items
             )
 

@@ -15,6 +15,7 @@ import typer
 
 from campusmon.config import load_config
 from campusmon.services import InfluxDB, Mosquitto, Server, ServiceError, free_port, port_free, wait_port
+from campusmon.wire import COLLECTOR_STATUS_TOPIC, wait_for_status
 
 DEMO_DIR = Path("var/demo")
 
@@ -25,27 +26,39 @@ def _port(preferred: int) -> int:
 
 def _child(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "campusmon.cli", *args], env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-m", "campusmon.cli", *args],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def run_demo(config: Path, hours: int, interval: int) -> None:
     base = load_config(config)
-    ports = {"mqtt": _port(base.services.mosquitto_port), "influx": _port(base.services.influxdb_port),
-             "api": _port(base.api.port)}  # fmt: skip
+    ports = {
+        "mqtt": _port(base.services.mosquitto_port),
+        "influx": _port(base.services.influxdb_port),
+        "api": _port(base.api.port),
+    }
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.update({
-        "CAMPUSMON_CONFIG": str(config),
-        "CAMPUSMON_MQTT__PORT": str(ports["mqtt"]),
-        "CAMPUSMON_INFLUXDB__URL": f"http://127.0.0.1:{ports['influx']}",
-        "CAMPUSMON_API__PORT": str(ports["api"]),
-        "CAMPUSMON_DATABASE__URL": f"sqlite:///{DEMO_DIR}/campus.sqlite",
-        "CAMPUSMON_SERVICES__DATA_DIR": str(DEMO_DIR / "services"),
-    })  # fmt: skip
+    env.update(
+        {
+            "CAMPUSMON_CONFIG": str(config),
+            "CAMPUSMON_MQTT__PORT": str(ports["mqtt"]),
+            "CAMPUSMON_INFLUXDB__URL": f"http://127.0.0.1:{ports['influx']}",
+            "CAMPUSMON_API__PORT": str(ports["api"]),
+            "CAMPUSMON_DATABASE__URL": f"sqlite:///{DEMO_DIR}/campus.sqlite",
+            "CAMPUSMON_SERVICES__DATA_DIR": str(DEMO_DIR / "services"),
+        }
+    )
     cfg = load_config(config, env)
-    servers: list[Server] = [Mosquitto(DEMO_DIR / "mosquitto", ports["mqtt"]),
-                             InfluxDB(DEMO_DIR / "influxdb", ports["influx"])]  # fmt: skip
+    servers: list[Server] = [
+        Mosquitto(DEMO_DIR / "mosquitto", ports["mqtt"]),
+        InfluxDB(DEMO_DIR / "influxdb", ports["influx"]),
+    ]
     children: list[subprocess.Popen[bytes]] = []
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -56,13 +69,26 @@ def run_demo(config: Path, hours: int, interval: int) -> None:
         children.append(_child(["collector"], env, DEMO_DIR / "collector.log"))
         children.append(_child(["api"], env, DEMO_DIR / "api.log"))
         wait_port(ports["api"], 30, children[-1])
+        status = COLLECTOR_STATUS_TOPIC.format(client_id=cfg.mqtt.client_id)
+        if not wait_for_status("127.0.0.1", ports["mqtt"], status, "online", 30):
+            raise ServiceError(f"the collector did not come online; see {DEMO_DIR}/collector.log")
         from firmware_sim.mqtt_meters import MqttFleet
         from firmware_sim.profiles import sim_meters_for
 
-        fleet = MqttFleet(sim_meters_for(cfg, 1), "127.0.0.1", ports["mqtt"], interval_s=900, seed=1,
-                          flat_share=0.2, fault_rate=0.002, client_id="campusmon-demo-sim")  # fmt: skip
+        fleet = MqttFleet(
+            sim_meters_for(cfg, 1),
+            "127.0.0.1",
+            ports["mqtt"],
+            interval_s=900,
+            seed=1,
+            flat_share=0.2,
+            fault_rate=0.002,
+            client_id="campusmon-demo-sim",
+        )
         now = int(time.time())
-        with typer.progressbar(length=hours * 4, label=f"simulating {hours} h of {len(fleet.meters)} meters") as bar:
+        with typer.progressbar(
+            length=hours * 4, label=f"simulating {hours} h of {len(fleet.meters)} meters"
+        ) as bar:
             fleet.backfill(now - hours * 3600, now - 60, lambda i, t: bar.update(1))
         fleet.interval_s = interval
         live = threading.Thread(target=fleet.follow, args=(stop,), daemon=True)
@@ -78,13 +104,15 @@ Campus energy monitor demo is running ({len(cfg.buildings)} buildings, {len(cfg.
   latest            {api}/api/v1/meters/{m}/latest
   rejected payloads {api}/api/v1/ingest/rejections
   metrics           {api}/metrics
-  MQTT broker       127.0.0.1:{ports['mqtt']}   InfluxDB http://127.0.0.1:{ports['influx']} (db {cfg.influxdb.database})
+  MQTT broker       127.0.0.1:{ports["mqtt"]}   InfluxDB http://127.0.0.1:{ports["influx"]} (db {cfg.influxdb.database})
 Logs in {DEMO_DIR}/. Press Ctrl-C to stop.""")
         while not stop.wait(1):
             for c in children:
                 if c.poll() is not None:
-                    typer.secho(f"a child process exited ({c.args[3:]} code {c.returncode}); see {DEMO_DIR}/*.log",
-                                fg="red")  # fmt: skip
+                    typer.secho(
+                        f"a child process exited ({c.args[3:]} code {c.returncode}); see {DEMO_DIR}/*.log",
+                        fg="red",
+                    )
                     stop.set()
     except KeyboardInterrupt:
         pass

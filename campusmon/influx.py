@@ -73,8 +73,12 @@ def tag_lookup(cfg: CampusConfig) -> TagLookup:
 
 
 # 1.x partial-write errors: which lines were refused.
-_PARSE_ERR = re.compile(r"unable to parse '(?P<line>(?:[^'\\]|\\.)*)': (?P<why>[^\n]*?)(?=(?:\n|$| dropped=))")
-_TYPE_CONFLICT = re.compile(r'field type conflict: input field "(?P<field>[^"]+)" on measurement "(?P<m>[^"]+)"')
+_PARSE_ERR = re.compile(
+    r"unable to parse '(?P<line>(?:[^'\\]|\\.)*)': (?P<why>[^\n]*?)(?=(?:\n|$| dropped=))"
+)
+_TYPE_CONFLICT = re.compile(
+    r'field type conflict: input field "(?P<field>[^"]+)" on measurement "(?P<m>[^"]+)"'
+)
 
 
 def attribute_partial_write(error: str, lines: Sequence[str]) -> dict[int, str] | None:
@@ -95,7 +99,9 @@ def attribute_partial_write(error: str, lines: Sequence[str]) -> dict[int, str] 
 
 class InfluxStore(Protocol):
     def write(self, readings: Sequence[Reading]) -> WriteOutcome: ...
-    def query(self, q: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+    def query(
+        self, q: str, params: dict[str, Any] | None = None, chunked: bool = False
+    ) -> list[dict[str, Any]]: ...
     def ping(self) -> bool: ...
     def ensure_database(self) -> None: ...
     def close(self) -> None: ...
@@ -106,10 +112,18 @@ class _InfluxQL:
 
     def __init__(self, cfg: Influx, headers: dict[str, str], auth: httpx.Auth | None) -> None:
         self.cfg = cfg
-        self.http = httpx.Client(base_url=cfg.url.rstrip("/"), timeout=cfg.timeout_s, headers=headers, auth=auth)
+        self.http = httpx.Client(
+            base_url=cfg.url.rstrip("/"), timeout=cfg.timeout_s, headers=headers, auth=auth
+        )
 
-    def query(self, q: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Run one or more statements; returns the series of every statement, in order."""
+    def query(
+        self, q: str, params: dict[str, Any] | None = None, chunked: bool = False
+    ) -> list[dict[str, Any]]:
+        """Run one or more statements; returns the series of every statement, in order.
+
+        ``chunked`` has the server stream a large result in pieces: no server row limit applies and
+        the read timeout runs between pieces, not over the whole query. Pieces of a series are joined.
+        """
         import json
 
         args: dict[str, Any] = {"db": self.cfg.database, "q": q, "epoch": "s"}
@@ -117,6 +131,9 @@ class _InfluxQL:
             args["rp"] = self.cfg.retention_policy
         if params:
             args["params"] = json.dumps(params)
+        if chunked:
+            args["chunked"] = "true"
+            args["chunk_size"] = "20000"
         method = "POST" if re.match(r"\s*(CREATE|DROP|ALTER|DELETE|GRANT|REVOKE)", q, re.I) else "GET"
         try:
             resp = self.http.request(method, "/query", params=args)
@@ -125,18 +142,33 @@ class _InfluxQL:
         if resp.status_code >= 500:
             raise StoreUnavailable(f"influxdb query: HTTP {resp.status_code}: {resp.text[:200]}")
         try:
-            body = resp.json()
+            lines = resp.text.splitlines() if chunked else []
+            bodies = [json.loads(line) for line in lines if line.strip()] if chunked else [resp.json()]
         except ValueError:
             raise QueryError(f"influxdb query: HTTP {resp.status_code}: {resp.text[:200]}") from None
-        if "error" in body:
-            raise QueryError(body["error"])
         out: list[dict[str, Any]] = []
-        for result in body.get("results", []):
-            if "error" in result:
-                raise QueryError(result["error"])
-            for s in result.get("series", []):
-                out.append({"name": s.get("name"), "tags": s.get("tags", {}), "columns": s["columns"],
-                            "values": s.get("values", [])})  # fmt: skip
+        last_key: tuple[Any, ...] | None = None
+        for body in bodies:
+            if "error" in body:
+                raise QueryError(body["error"])
+            for result in body.get("results", []):
+                if "error" in result:
+                    raise QueryError(result["error"])
+                for s in result.get("series", []):
+                    tags = tuple(sorted(s.get("tags", {}).items()))
+                    key = (result.get("statement_id"), s.get("name"), tags)
+                    if chunked and key == last_key:
+                        out[-1]["values"].extend(s.get("values", []))
+                        continue
+                    out.append(
+                        {
+                            "name": s.get("name"),
+                            "tags": s.get("tags", {}),
+                            "columns": s["columns"],
+                            "values": s.get("values", []),
+                        }
+                    )
+                    last_key = key
         return out
 
     def ping(self) -> bool:
@@ -178,7 +210,10 @@ class V1Store(_InfluxQL):
             raise StoreUnavailable(f"influxdb write failed: {type(e).__name__}: {e}") from e
         if resp.status_code == 204:
             return WriteOutcome(stored=len(lines))
-        text = resp.text
+        try:
+            text = str(resp.json().get("error", resp.text))
+        except ValueError:
+            text = resp.text
         if resp.status_code == 404 and "database not found" in text and self.cfg.create_database:
             self.ensure_database()
             raise StoreUnavailable("influxdb database was missing; created it, retrying")
@@ -204,15 +239,27 @@ class V2Store(_InfluxQL):
 
         super().__init__(cfg, {"Authorization": f"Token {cfg.token}"} if cfg.token else {}, None)
         self.tags = tags
-        self.client = InfluxDBClient(url=cfg.url, token=cfg.token or "", org=cfg.org, timeout=int(cfg.timeout_s * 1000))
+        self.client = InfluxDBClient(
+            url=cfg.url, token=cfg.token or "", org=cfg.org, timeout=int(cfg.timeout_s * 1000)
+        )
         self._lock = threading.Condition()
         self._done = 0
         self._error: str | None = None
         self._rejected: list[str] = []
-        opts = WriteOptions(batch_size=5000, flush_interval=100, retry_interval=500, max_retries=3,
-                            max_retry_delay=5000, max_retry_time=15000, exponential_base=2)  # fmt: skip
+        opts = WriteOptions(
+            batch_size=5000,
+            flush_interval=100,
+            retry_interval=500,
+            max_retries=3,
+            max_retry_delay=5000,
+            max_retry_time=15000,
+            exponential_base=2,
+        )
         self.write_api = self.client.write_api(
-            write_options=opts, success_callback=self._ok, error_callback=self._err, retry_callback=self._retry
+            write_options=opts,
+            success_callback=self._ok,
+            error_callback=self._err,
+            retry_callback=self._retry,
         )
 
     def _count(self, data: Any) -> int:
@@ -253,9 +300,16 @@ class V2Store(_InfluxQL):
             if not existing:
                 from influxdb_client.domain.dbrp_create import DBRPCreate
 
-                svc.post_dbrp(DBRPCreate(org_id=bucket.org_id, bucket_id=bucket.id, database=self.cfg.database,
-                                         retention_policy=self.cfg.retention_policy, default=True))  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - a server without DBRP still takes writes
+                svc.post_dbrp(
+                    DBRPCreate(
+                        org_id=bucket.org_id,
+                        bucket_id=bucket.id,
+                        database=self.cfg.database,
+                        retention_policy=self.cfg.retention_policy,
+                        default=True,
+                    )
+                )
+        except Exception as e:
             log.warning("could not create the DBRP mapping for InfluxQL reads: %s", e)
 
     def write(self, readings: Sequence[Reading]) -> WriteOutcome:

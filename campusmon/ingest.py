@@ -39,13 +39,24 @@ class BatchResult:
 
 def rules_from(cfg: CampusConfig) -> Rules:
     kinds = {m.id: m.kind.value for m in cfg.meters}
-    return Rules(meter_kind=kinds.get, strict=cfg.registry.strict, max_future_s=cfg.ingest.max_future_s,
-                 min_ts=cfg.ingest.min_ts, max_payload_bytes=cfg.ingest.max_payload_bytes)  # fmt: skip
+    return Rules(
+        meter_kind=kinds.get,
+        strict=cfg.registry.strict,
+        max_future_s=cfg.ingest.max_future_s,
+        min_ts=cfg.ingest.min_ts,
+        max_payload_bytes=cfg.ingest.max_payload_bytes,
+    )
 
 
 class Ingestor:
-    def __init__(self, cfg: CampusConfig, store: InfluxStore, dead: DeadLetters, via: str,
-                 hooks: Sequence[ReadingHook] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: CampusConfig,
+        store: InfluxStore,
+        dead: DeadLetters,
+        via: str,
+        hooks: Sequence[ReadingHook] = (),
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.dead = dead
@@ -71,9 +82,17 @@ class Ingestor:
                 rec = {"meter": r.meter, "quantity": r.quantity, "value": r.value, "ts": r.ts}
                 result.rejected.append((index[id(r)], Rejection(STORE_REJECTED, why, rec)))
         self.dead.add(
-            [(messages[i].source or messages[i].topic or "http", rej.reason, rej.detail, rej.record, messages[i].payload)
-             for i, rej in result.rejected]
-        )  # fmt: skip
+            [
+                (
+                    messages[i].source or messages[i].topic or "http",
+                    rej.reason,
+                    rej.detail,
+                    rej.record,
+                    messages[i].payload,
+                )
+                for i, rej in result.rejected
+            ]
+        )
         result.stored = outcome.stored
         self._count(len(messages), n_records, result, started)
         if readings and self.hooks:

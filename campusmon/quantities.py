@@ -30,7 +30,14 @@ QUANTITIES: dict[str, Quantity] = {
     q.name: q
     for q in (
         _Q("energy_kwh", MeterKind.ELECTRICITY, "kWh", True, False, "cumulative imported active energy"),
-        _Q("export_energy_kwh", MeterKind.ELECTRICITY, "kWh", True, False, "cumulative exported active energy"),
+        _Q(
+            "export_energy_kwh",
+            MeterKind.ELECTRICITY,
+            "kWh",
+            True,
+            False,
+            "cumulative exported active energy",
+        ),
         _Q("power_w", MeterKind.ELECTRICITY, "W", description="total active power (signed)"),
         _Q("voltage_v", MeterKind.ELECTRICITY, "V", signed=False, description="phase voltage"),
         _Q("current_a", MeterKind.ELECTRICITY, "A", description="phase current (signed)"),

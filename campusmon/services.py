@@ -80,7 +80,9 @@ class Server:
 
     def start(self, timeout: float = 30.0, detach: bool = False) -> Server:
         if not Path(self.binary).exists():
-            raise ServiceError(f"{self.name}: {self.binary} not found; install it with `make deps` (apt package)")
+            raise ServiceError(
+                f"{self.name}: {self.binary} not found; install it with `make deps` (apt package)"
+            )
         if self.running_pid() is not None:
             raise ServiceError(f"{self.name} already running (pid {self.running_pid()}, see {self.pid_file})")
         if not port_free(self.port):
@@ -90,9 +92,14 @@ class Server:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=detach)  # fmt: skip
+        log = open(self.log_file, "ab")
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=detach,
+        )
         log.close()
         self.pid_file.write_text(str(self.proc.pid))
         try:
@@ -251,6 +258,12 @@ class VictoriaMetrics(Server):
         super().__init__("victoria-metrics", Path(data_dir).resolve(), port, VM_BIN)
 
     def command(self) -> list[str]:
-        return [self.binary, f"-httpListenAddr=127.0.0.1:{self.port}", f"-storageDataPath={self.data_dir}/data",
-                "-retentionPeriod=100y", "-search.latencyOffset=0s", "-influxListenAddr=",
-                "-loggerLevel=ERROR"]  # fmt: skip
+        return [
+            self.binary,
+            f"-httpListenAddr=127.0.0.1:{self.port}",
+            f"-storageDataPath={self.data_dir}/data",
+            "-retentionPeriod=100y",
+            "-search.latencyOffset=0s",
+            "-influxListenAddr=",
+            "-loggerLevel=ERROR",
+        ]

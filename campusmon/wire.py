@@ -22,6 +22,7 @@ TOPIC_ROOT = "campus/v1"
 METER_TOPIC = TOPIC_ROOT + "/meters/{meter_id}/readings"
 GATEWAY_TOPIC = TOPIC_ROOT + "/gateways/{gateway_id}/readings"
 GATEWAY_STATUS_TOPIC = TOPIC_ROOT + "/gateways/{gateway_id}/status"
+COLLECTOR_STATUS_TOPIC = TOPIC_ROOT + "/collectors/{client_id}/status"
 READING_SUBSCRIPTIONS = (TOPIC_ROOT + "/meters/+/readings", TOPIC_ROOT + "/gateways/+/readings")
 URN_PREFIX = "urn:campus:meter:"
 
@@ -47,10 +48,24 @@ TIMESTAMP_FUTURE = "timestamp_future"
 TIMESTAMP_TOO_OLD = "timestamp_too_old"
 STORE_REJECTED = "store_rejected"
 REASONS = (
-    MALFORMED_JSON, BAD_STRUCTURE, BAD_TOPIC, TOO_LARGE, MISSING_METER, BAD_METER_ID, UNKNOWN_METER,
-    UNKNOWN_QUANTITY, WRONG_KIND, BAD_UNIT, BAD_VALUE, NON_FINITE, NEGATIVE_CUMULATIVE, MISSING_TIMESTAMP,
-    TIMESTAMP_FUTURE, TIMESTAMP_TOO_OLD, STORE_REJECTED,
-)  # fmt: skip
+    MALFORMED_JSON,
+    BAD_STRUCTURE,
+    BAD_TOPIC,
+    TOO_LARGE,
+    MISSING_METER,
+    BAD_METER_ID,
+    UNKNOWN_METER,
+    UNKNOWN_QUANTITY,
+    WRONG_KIND,
+    BAD_UNIT,
+    BAD_VALUE,
+    NON_FINITE,
+    NEGATIVE_CUMULATIVE,
+    MISSING_TIMESTAMP,
+    TIMESTAMP_FUTURE,
+    TIMESTAMP_TOO_OLD,
+    STORE_REJECTED,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +112,9 @@ def topic_meter(topic: str | None) -> str | None:
     return None
 
 
-def parse_payload(payload: bytes | str, topic: str | None, rules: Rules, now: float | None = None) -> ParseResult:
+def parse_payload(
+    payload: bytes | str, topic: str | None, rules: Rules, now: float | None = None
+) -> ParseResult:
     """Turn one message into readings; every record that fails says why, the rest still count."""
     res = ParseResult()
     now_s = time.time() if now is None else now
@@ -106,7 +123,9 @@ def parse_payload(payload: bytes | str, topic: str | None, rules: Rules, now: fl
         res.rejections.append(Rejection(BAD_TOPIC, f"topic {topic!r} is not a readings topic"))
         return res
     if len(payload) > rules.max_payload_bytes:
-        res.rejections.append(Rejection(TOO_LARGE, f"payload of {len(payload)} bytes exceeds {rules.max_payload_bytes}"))
+        res.rejections.append(
+            Rejection(TOO_LARGE, f"payload of {len(payload)} bytes exceeds {rules.max_payload_bytes}")
+        )
         return res
     try:
         doc = json.loads(payload, parse_constant=_reject_constant)
@@ -123,13 +142,17 @@ def parse_payload(payload: bytes | str, topic: str | None, rules: Rules, now: fl
         if not records:
             res.rejections.append(Rejection(BAD_STRUCTURE, "empty array: no records"))
     else:
-        res.rejections.append(Rejection(BAD_STRUCTURE, f"expected a SenML pack (array) or an object, got {type(doc).__name__}"))
+        res.rejections.append(
+            Rejection(BAD_STRUCTURE, f"expected a SenML pack (array) or an object, got {type(doc).__name__}")
+        )
         return res
 
     base: dict[str, Any] = {"bn": "", "bt": 0.0, "bu": None}
     for rec in records:
         if not isinstance(rec, dict):
-            res.rejections.append(Rejection(BAD_STRUCTURE, f"record is {type(rec).__name__}, not an object", rec))
+            res.rejections.append(
+                Rejection(BAD_STRUCTURE, f"record is {type(rec).__name__}, not an object", rec)
+            )
             continue
         try:
             if "meter" in rec:
@@ -187,13 +210,17 @@ def _meter_id(meter: Any, rules: Rules) -> str:
 
 def _reading(meter: str, name: Any, value: Any, unit: Any, ts: int, rules: Rules) -> Reading:
     if not isinstance(name, str) or name not in QUANTITIES:
-        raise _Reject(UNKNOWN_QUANTITY, f"unknown quantity {name!r} (see docs/wire-format.md for the vocabulary)")
+        raise _Reject(
+            UNKNOWN_QUANTITY, f"unknown quantity {name!r} (see docs/wire-format.md for the vocabulary)"
+        )
     q = QUANTITIES[name]
     kind = rules.meter_kind(meter)
     if kind is None and rules.strict:
         raise _Reject(UNKNOWN_METER, f"meter {meter!r} is not in the registry")
     if kind is not None and kind != q.kind:
-        raise _Reject(WRONG_KIND, f"{name} is a {q.kind.value} quantity but meter {meter!r} is a {kind} meter")
+        raise _Reject(
+            WRONG_KIND, f"{name} is a {q.kind.value} quantity but meter {meter!r} is a {kind} meter"
+        )
     v = _number(value, name)
     if unit is not None and not isinstance(unit, str):
         raise _Reject(BAD_UNIT, f"unit must be a string, got {json.dumps(unit)[:40]}")
@@ -225,8 +252,14 @@ def _flat(rec: dict[str, Any], rules: Rules, now_s: float, res: ParseResult) -> 
             res.rejections.append(Rejection(e.reason, e.detail, {"meter": meter, "ts": rec["ts"], k: rec[k]}))
 
 
-def _senml(rec: dict[str, Any], base: dict[str, Any], default_meter: str, rules: Rules, now_s: float,
-           res: ParseResult) -> None:  # fmt: skip
+def _senml(
+    rec: dict[str, Any],
+    base: dict[str, Any],
+    default_meter: str,
+    rules: Rules,
+    now_s: float,
+    res: ParseResult,
+) -> None:
     if "bn" in rec:
         if not isinstance(rec["bn"], str):
             raise _Reject(BAD_STRUCTURE, "bn must be a string")
@@ -274,3 +307,23 @@ def encode_senml(readings: Iterable[Reading]) -> bytes:
             last_bn = bn
         out.append(rec)
     return json.dumps(out, separators=(",", ":")).encode()
+
+
+def wait_for_status(host: str, port: int, topic: str, want: str = "online", timeout: float = 30.0) -> bool:
+    """Block until a retained status topic says ``want`` (used by the demo and tests before streaming)."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    seen = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.on_connect = lambda cl, *_: cl.subscribe(topic, 1)
+    c.on_message = lambda _c, _u, m: seen.set() if m.payload.decode(errors="replace") == want else None
+    c.connect(host, port)
+    c.loop_start()
+    try:
+        return seen.wait(timeout)
+    finally:
+        c.disconnect()
+        c.loop_stop()

@@ -27,7 +27,7 @@ from campusmon.deadletter import DeadLetters
 from campusmon.influx import InfluxStore, StoreUnavailable, open_store
 from campusmon.ingest import Ingestor, Message, ReadingHook
 from campusmon.metrics import BACKLOG, STORE_RETRIES, STORE_UP
-from campusmon.wire import READING_SUBSCRIPTIONS, TOPIC_ROOT
+from campusmon.wire import COLLECTOR_STATUS_TOPIC, READING_SUBSCRIPTIONS, TOPIC_ROOT
 
 log = logging.getLogger(__name__)
 VIA = "mqtt"
@@ -42,8 +42,13 @@ class _Inbound:
 
 
 class MqttCollector:
-    def __init__(self, cfg: CampusConfig, store: InfluxStore | None = None, hooks: tuple[ReadingHook, ...] = (),
-                 probe_interval_s: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: CampusConfig,
+        store: InfluxStore | None = None,
+        hooks: tuple[ReadingHook, ...] = (),
+        probe_interval_s: float = 30.0,
+    ) -> None:
         self.cfg = cfg
         self.mq = cfg.mqtt
         self.store = store or open_store(cfg)
@@ -54,6 +59,8 @@ class MqttCollector:
         self.connected = threading.Event()
         self.stopping = threading.Event()
         self.probe_topic = f"{TOPIC_ROOT}/collectors/{self.mq.client_id}/probe"
+        self.status_topic = COLLECTOR_STATUS_TOPIC.format(client_id=self.mq.client_id)
+        self.subscribed = threading.Event()
         self.probe_interval_s = min(probe_interval_s, self.mq.watchdog_s / 2)
         self.last_probe_echo = time.monotonic()
         self.last_message = time.monotonic()
@@ -63,8 +70,9 @@ class MqttCollector:
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.mq.client_id, protocol=mqtt.MQTTv5,
-                        manual_ack=True)  # fmt: skip
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.mq.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+        )
         if self.mq.username:
             c.username_pw_set(self.mq.username, self.mq.password)
         if self.mq.tls:
@@ -73,6 +81,7 @@ class MqttCollector:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
+        c.will_set(self.status_topic, "offline", qos=1, retain=True)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.max_queued_messages_set(0)
         return c
@@ -89,16 +98,25 @@ class MqttCollector:
         client.subscribe(subs)
         self.last_probe_echo = time.monotonic()
         self.connected.set()
-        log.info("connected to %s:%s (session present: %s)", self.mq.host, self.mq.port,
-                 getattr(flags, "session_present", "?"))  # fmt: skip
+        log.info(
+            "connected to %s:%s (session present: %s)",
+            self.mq.host,
+            self.mq.port,
+            getattr(flags, "session_present", "?"),
+        )
 
     def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, codes: list, _p: object) -> None:
         bad = [c for c in codes if getattr(c, "is_failure", False)]
         if bad:
             log.error("MQTT subscription refused: %s", bad)
+            return
+        # Retained, so deployments and tests can wait until readings will be queued for us.
+        _c.publish(self.status_topic, "online", qos=1, retain=True)
+        self.subscribed.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if not self.stopping.is_set():
             log.warning("MQTT disconnected (%s); paho reconnects", rc)
 
@@ -141,7 +159,9 @@ class MqttCollector:
             except (StoreUnavailable, OperationalError) as e:
                 STORE_UP.labels(VIA).set(0)
                 STORE_RETRIES.labels(VIA).inc()
-                log.warning("store unavailable, %d messages held unacked, retry in %.1f s: %s", len(batch), delay, e)
+                log.warning(
+                    "store unavailable, %d messages held unacked, retry in %.1f s: %s", len(batch), delay, e
+                )
             if self.stopping.wait(delay):
                 return False
             delay = min(delay * 2, 15.0)
@@ -183,8 +203,9 @@ class MqttCollector:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.mq.session_expiry_s
         props.ReceiveMaximum = min(65535, max(self.mq.batch_size, 10))
-        self.client.connect_async(self.mq.host, self.mq.port, keepalive=self.mq.keepalive, clean_start=False,
-                                  properties=props)  # fmt: skip
+        self.client.connect_async(
+            self.mq.host, self.mq.port, keepalive=self.mq.keepalive, clean_start=False, properties=props
+        )
         self.client.loop_start()
         for target, name in ((self._worker, "collector-worker"), (self._watchdog, "collector-watchdog")):
             t = threading.Thread(target=target, name=name, daemon=True)
@@ -193,12 +214,14 @@ class MqttCollector:
         return self
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
-        return self.connected.wait(timeout)
+        """True once subscribed: from then on the broker queues readings for this collector."""
+        return self.subscribed.wait(timeout)
 
     def stop(self) -> None:
         self.stopping.set()
         for t in self._threads:
             t.join(timeout=20)
+        self.client.publish(self.status_topic, "offline", qos=1, retain=True).wait_for_publish(5)
         self.client.disconnect()
         self.client.loop_stop()
         self.store.close()

@@ -13,11 +13,17 @@ import typer
 def sim_mqtt(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="campus.yaml")] = None,
     interval: Annotated[int, typer.Option(help="seconds between readings of one meter")] = 60,
-    backfill: Annotated[float, typer.Option(help="hours of history to publish first, as fast as possible")] = 0.0,
-    speed: Annotated[float, typer.Option(help="live: publish this many times faster than the interval")] = 1.0,
+    backfill: Annotated[
+        float, typer.Option(help="hours of history to publish first, as fast as possible")
+    ] = 0.0,
+    speed: Annotated[
+        float, typer.Option(help="live: publish this many times faster than the interval")
+    ] = 1.0,
     duration: Annotated[float, typer.Option(help="live seconds to run; 0 = until Ctrl-C")] = 0.0,
     flat_share: Annotated[float, typer.Option(help="share of messages sent as flat JSON")] = 0.0,
-    fault_rate: Annotated[float, typer.Option(help="chance per message of also sending a faulty payload")] = 0.0,
+    fault_rate: Annotated[
+        float, typer.Option(help="chance per message of also sending a faulty payload")
+    ] = 0.0,
     seed: int = 0,
 ) -> None:
     """Simulated electricity and water meters with realistic load profiles by building type."""
@@ -26,8 +32,16 @@ def sim_mqtt(
     from firmware_sim.profiles import sim_meters_for
 
     cfg = config_or_exit(config)
-    fleet = MqttFleet(sim_meters_for(cfg, seed), cfg.mqtt.host, cfg.mqtt.port, interval, seed, flat_share, fault_rate,
-                      client_id=f"campusmon-sim-{seed}")  # fmt: skip
+    fleet = MqttFleet(
+        sim_meters_for(cfg, seed),
+        cfg.mqtt.host,
+        cfg.mqtt.port,
+        interval,
+        seed,
+        flat_share,
+        fault_rate,
+        client_id=f"campusmon-sim-{seed}",
+    )
     now = int(time.time())
     if backfill > 0:
         with typer.progressbar(length=int(backfill * 3600 / interval), label="backfill") as bar:
@@ -36,7 +50,9 @@ def sim_mqtt(
     stop = threading.Event()
     if duration:
         threading.Timer(duration, stop.set).start()
-    typer.echo(f"publishing live every {interval / speed:.1f} s to {cfg.mqtt.host}:{cfg.mqtt.port}; Ctrl-C stops")
+    typer.echo(
+        f"publishing live every {interval / speed:.1f} s to {cfg.mqtt.host}:{cfg.mqtt.port}; Ctrl-C stops"
+    )
     try:
         fleet.follow(stop, speed)
     except KeyboardInterrupt:

@@ -26,13 +26,15 @@ log = logging.getLogger(__name__)
 # Faulty payloads a device might really send; each is (label, builder(meter_id, ts) -> bytes).
 FAULTS: dict[str, Callable[[str, int], bytes]] = {
     "malformed_json": lambda m, ts: b'[{"bn":"urn:campus:meter:' + m.encode() + b':","n":"energy_kwh","v":1',
-    "unknown_quantity": lambda m, ts: json.dumps([{"bn": f"{URN_PREFIX}{m}:", "n": "temperature_c", "v": 21.5,
-                                                   "t": ts}]).encode(),  # fmt: skip
+    "unknown_quantity": lambda m, ts: json.dumps(
+        [{"bn": f"{URN_PREFIX}{m}:", "n": "temperature_c", "v": 21.5, "t": ts}]
+    ).encode(),
     "nan": lambda m, ts: f'[{{"bn":"{URN_PREFIX}{m}:","n":"power_w","v":NaN,"t":{ts}}}]'.encode(),
     "future_ts": lambda m, ts: json.dumps({"meter": m, "ts": ts + 86400 * 30, "power_w": 10.0}).encode(),
     "negative_register": lambda m, ts: json.dumps({"meter": m, "ts": ts, "energy_kwh": -5.0}).encode(),
-    "wrong_unit": lambda m, ts: json.dumps([{"bn": f"{URN_PREFIX}{m}:", "n": "energy_kwh", "u": "m3", "v": 3,
-                                             "t": ts}]).encode(),  # fmt: skip
+    "wrong_unit": lambda m, ts: json.dumps(
+        [{"bn": f"{URN_PREFIX}{m}:", "n": "energy_kwh", "u": "m3", "v": 3, "t": ts}]
+    ).encode(),
     "no_timestamp": lambda m, ts: json.dumps([{"bn": f"{URN_PREFIX}{m}:", "n": "power_w", "v": 3}]).encode(),
 }
 
@@ -89,8 +91,17 @@ class BackpressurePublisher:
 
 
 class MqttFleet:
-    def __init__(self, meters: Iterable[SimMeter], host: str, port: int, interval_s: int = 60, seed: int = 0,
-                 flat_share: float = 0.0, fault_rate: float = 0.0, client_id: str = "campusmon-sim") -> None:  # fmt: skip
+    def __init__(
+        self,
+        meters: Iterable[SimMeter],
+        host: str,
+        port: int,
+        interval_s: int = 60,
+        seed: int = 0,
+        flat_share: float = 0.0,
+        fault_rate: float = 0.0,
+        client_id: str = "campusmon-sim",
+    ) -> None:
         self.meters = list(meters)
         self.interval_s = interval_s
         self.rng = random.Random(seed)

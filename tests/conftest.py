@@ -71,8 +71,12 @@ def db_name() -> str:
 def make_config(tmp_path: Path, db_name: str) -> Callable[..., CampusConfig]:
     """A config aimed at given servers; ``data`` adds buildings, meters and section overrides."""
 
-    def make(mosq: Server | None = None, influx: Server | None = None, data: dict[str, Any] | None = None,
-             **sections: Any) -> CampusConfig:  # fmt: skip
+    def make(
+        mosq: Server | None = None,
+        influx: Server | None = None,
+        data: dict[str, Any] | None = None,
+        **sections: Any,
+    ) -> CampusConfig:
         base: dict[str, Any] = {
             "database": {"url": f"sqlite:///{tmp_path}/campus.sqlite"},
             "mqtt": {"client_id": "collector-" + uuid.uuid4().hex[:8], "flush_interval_s": 0.2},

@@ -31,25 +31,50 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({"site": {"timezone": "Mars/Olympus"}}, "campus.yaml: site.timezone: unknown time zone 'Mars/Olympus'"),
+        (
+            {"site": {"timezone": "Mars/Olympus"}},
+            "campus.yaml: site.timezone: unknown time zone 'Mars/Olympus'",
+        ),
         ({"mqtt": {"port": 70000}}, "campus.yaml: mqtt.port: Input should be less than or equal to 65535"),
         ({"mqtt": {"prot": 1}}, "campus.yaml: mqtt.prot: Extra inputs are not permitted"),
         ({"influxdb": {"backend": "v3"}}, "campus.yaml: influxdb.backend: Input should be 'v1' or 'v2'"),
-        ({**SMALL_CAMPUS, "meters": [{"id": "m", "building": "nowhere", "kind": "water"}]},
-         "building 'nowhere' is not defined"),
-        ({**SMALL_CAMPUS, "meters": [{"id": "m", "building": "dorm-1", "kind": "gas"}]},
-         "campus.yaml: meters[0].kind: Input should be 'electricity' or 'water'"),
-        ({**SMALL_CAMPUS, "meters": [{"id": "m", "building": "dorm-1", "kind": "water", "category": "01A00"}]},
-         "category 01A00 does not fit a water meter"),
-        ({**SMALL_CAMPUS, "meters": [{"id": "a", "building": "dorm-1", "kind": "water"},
-                                     {"id": "a", "building": "dorm-1", "kind": "water"}]}, "duplicate meter id(s): a"),
-        ({**SMALL_CAMPUS, "meters": [{"id": "a", "building": "dorm-1", "kind": "water", "parent": "zz"}]},
-         "parent 'zz' is not a defined meter"),
+        (
+            {**SMALL_CAMPUS, "meters": [{"id": "m", "building": "nowhere", "kind": "water"}]},
+            "building 'nowhere' is not defined",
+        ),
+        (
+            {**SMALL_CAMPUS, "meters": [{"id": "m", "building": "dorm-1", "kind": "gas"}]},
+            "campus.yaml: meters[0].kind: Input should be 'electricity' or 'water'",
+        ),
+        (
+            {
+                **SMALL_CAMPUS,
+                "meters": [{"id": "m", "building": "dorm-1", "kind": "water", "category": "01A00"}],
+            },
+            "category 01A00 does not fit a water meter",
+        ),
+        (
+            {
+                **SMALL_CAMPUS,
+                "meters": [
+                    {"id": "a", "building": "dorm-1", "kind": "water"},
+                    {"id": "a", "building": "dorm-1", "kind": "water"},
+                ],
+            },
+            "duplicate meter id(s): a",
+        ),
+        (
+            {**SMALL_CAMPUS, "meters": [{"id": "a", "building": "dorm-1", "kind": "water", "parent": "zz"}]},
+            "parent 'zz' is not a defined meter",
+        ),
         ({"buildings": [{"id": "b 1"}]}, "campus.yaml: buildings[0].id: String should match pattern"),
-        ({"buildings": [{"id": "b", "floor_area_m2": -5}]}, "buildings[0].floor_area_m2: Input should be greater"),
+        (
+            {"buildings": [{"id": "b", "floor_area_m2": -5}]},
+            "buildings[0].floor_area_m2: Input should be greater",
+        ),
         ([1, 2], "campus.yaml: (top level): expected a mapping"),
     ],
-)  # fmt: skip
+)
 def test_errors_name_file_key_and_problem(data: object, expected: str) -> None:
     assert expected in _err(data)
 
@@ -66,8 +91,13 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 def test_environment_overrides_every_setting(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("mqtt:\n  host: broker.campus\n  port: 1883\n")
-    env = {"CAMPUSMON_MQTT__PORT": "1884", "CAMPUSMON_INFLUXDB__TOKEN": "12345", "CAMPUSMON_INFLUXDB__URL": "http://db:8086",
-           "CAMPUSMON_DATABASE__URL": "postgresql+psycopg://u:p@db/campus", "UNRELATED": "x"}  # fmt: skip
+    env = {
+        "CAMPUSMON_MQTT__PORT": "1884",
+        "CAMPUSMON_INFLUXDB__TOKEN": "12345",
+        "CAMPUSMON_INFLUXDB__URL": "http://db:8086",
+        "CAMPUSMON_DATABASE__URL": "postgresql+psycopg://u:p@db/campus",
+        "UNRELATED": "x",
+    }
     cfg = load_config(f, environ=env)
     assert cfg.mqtt.host == "broker.campus" and cfg.mqtt.port == 1884
     assert cfg.influxdb.token == "12345" and isinstance(cfg.influxdb.token, str)

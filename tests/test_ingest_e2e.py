@@ -29,8 +29,15 @@ def collector(mosquitto, influxdb, make_config):
 
 def test_10000_mixed_readings_arrive_exactly(collector, mosquitto) -> None:
     cfg = collector.cfg
-    fleet = MqttFleet(sim_meters_for(cfg, seed=7), "127.0.0.1", mosquitto.port, interval_s=60, seed=7, flat_share=0.3,
-                      client_id="sim-" + cfg.mqtt.client_id)  # fmt: skip
+    fleet = MqttFleet(
+        sim_meters_for(cfg, seed=7),
+        "127.0.0.1",
+        mosquitto.port,
+        interval_s=60,
+        seed=7,
+        flat_share=0.3,
+        client_id="sim-" + cfg.mqtt.client_id,
+    )
     fleet.keep_history = True
     start = int(time.time()) // 60 * 60 - 100 * 60
     fleet.backfill(start, start + 100 * 60)
@@ -93,7 +100,9 @@ def test_rejections_are_visible_in_the_api(collector, mosquitto, influxdb) -> No
 
 
 def test_shared_subscription_splits_load_without_duplicates(mosquitto, influxdb, make_config) -> None:
-    cfg_a = make_config(mosquitto, influxdb, data=campus(4, 0), mqtt={"share_group": "g1", "client_id": "share-a"})
+    cfg_a = make_config(
+        mosquitto, influxdb, data=campus(4, 0), mqtt={"share_group": "g1", "client_id": "share-a"}
+    )
     cfg_b = cfg_a.model_copy(update={"mqtt": cfg_a.mqtt.model_copy(update={"client_id": "share-b"})})
     a, b = MqttCollector(cfg_a).start(), MqttCollector(cfg_b).start()
     try:
@@ -103,8 +112,10 @@ def test_shared_subscription_splits_load_without_duplicates(mosquitto, influxdb,
         pub = BackpressurePublisher("127.0.0.1", mosquitto.port, "share-pub")
         now = int(time.time())
         for i in range(400):
-            pub.publish(METER_TOPIC.format(meter_id=f"e00{i % 4}"),
-                        json.dumps({"meter": f"e00{i % 4}", "ts": now - 500 + i, "power_w": float(i)}).encode())
+            pub.publish(
+                METER_TOPIC.format(meter_id=f"e00{i % 4}"),
+                json.dumps({"meter": f"e00{i % 4}", "ts": now - 500 + i, "power_w": float(i)}).encode(),
+            )
         pub.close()
         wait_until(lambda: count(a.store) >= 400, 30, 0.3)
         assert count(a.store) == 400
@@ -123,18 +134,27 @@ def test_http_ingest_shares_the_validation_path(influxdb, mosquitto, make_config
     cfg = make_config(mosquitto, influxdb, data=campus(2, 1))
     now = int(time.time())
     with TestClient(create_app(cfg, start_jobs=False)) as client:
-        senml = [{"bn": "urn:campus:meter:e000:", "n": "energy_kwh", "u": "Wh", "v": 1500, "t": now - 10},
-                 {"n": "temperature_c", "v": 3, "t": now - 10}]  # fmt: skip
-        r = client.post("/api/v1/readings", content=json.dumps(senml), headers={"content-type": "application/senml+json"})
+        senml = [
+            {"bn": "urn:campus:meter:e000:", "n": "energy_kwh", "u": "Wh", "v": 1500, "t": now - 10},
+            {"n": "temperature_c", "v": 3, "t": now - 10},
+        ]
+        r = client.post(
+            "/api/v1/readings", content=json.dumps(senml), headers={"content-type": "application/senml+json"}
+        )
         assert r.status_code == 200, r.text
         assert r.json()["stored"] == 1 and r.json()["rejected"][0]["reason"] == "unknown_quantity"
-        r = client.post("/api/v1/readings", params={"meter": "w000"}, json=[{"n": "volume_m3", "v": 2.5, "t": now}])
+        r = client.post(
+            "/api/v1/readings", params={"meter": "w000"}, json=[{"n": "volume_m3", "v": 2.5, "t": now}]
+        )
         assert r.status_code == 200 and r.json()["stored"] == 1
         r = client.post("/api/v1/readings", content=b"{oops")
         assert r.status_code == 422 and r.json()["rejected"][0]["reason"] == "malformed_json"
         assert "error" in r.json()
     store = open_store(cfg)
-    assert stored(store, ("energy_kwh", "volume_m3")) == {("e000", "energy_kwh", now - 10): 1.5, ("w000", "volume_m3", now): 2.5}
+    assert stored(store, ("energy_kwh", "volume_m3")) == {
+        ("e000", "energy_kwh", now - 10): 1.5,
+        ("w000", "volume_m3", now): 2.5,
+    }
 
 
 def test_http_ingest_says_503_while_influxdb_is_down(mosquitto, make_config) -> None:
@@ -163,14 +183,18 @@ def test_readyz_over_real_http(influxdb, mosquitto, make_config) -> None:
 
     cfg = make_config(mosquitto, influxdb, data=campus(1, 0))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg, start_jobs=False), host="127.0.0.1", port=port,
-                                           log_level="warning"))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(cfg, start_jobs=False), host="127.0.0.1", port=port, log_level="warning")
+    )
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     try:
         wait_until(lambda: server.started, 10)
         r = httpx.get(f"http://127.0.0.1:{port}/readyz")
-        assert r.status_code == 200 and r.json() == {"ready": True, "checks": {"mqtt": True, "influxdb": True}}
+        assert r.status_code == 200 and r.json() == {
+            "ready": True,
+            "checks": {"mqtt": True, "influxdb": True},
+        }
         assert httpx.get(f"http://127.0.0.1:{port}/docs").status_code == 200
         assert "/api/v1/readings" in httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()["paths"]
     finally:

@@ -34,8 +34,12 @@ def test_senml_pack_with_base_name_and_base_time() -> None:
 
 
 def test_per_meter_topic_allows_bare_quantity_names() -> None:
-    res = parse_payload(json.dumps([{"n": "energy_kwh", "u": "Wh", "v": 5000, "t": NOW}]),
-                        METER_TOPIC.format(meter_id="e-dorm-1"), RULES, NOW)  # fmt: skip
+    res = parse_payload(
+        json.dumps([{"n": "energy_kwh", "u": "Wh", "v": 5000, "t": NOW}]),
+        METER_TOPIC.format(meter_id="e-dorm-1"),
+        RULES,
+        NOW,
+    )
     assert res.readings == [Reading("e-dorm-1", "energy_kwh", 5.0, NOW)]
 
 
@@ -61,7 +65,9 @@ def test_fractional_seconds_are_truncated_not_rounded_up() -> None:
 
 @pytest.mark.parametrize(("label", "payload", "reason"), corpus(), ids=[c[0] for c in corpus()])
 def test_every_malformed_payload_is_refused_with_its_reason(label: str, payload: bytes, reason: str) -> None:
-    res = parse_payload(payload, METER_TOPIC.format(meter_id="e-dorm-1") if "urn" not in label else GW, RULES, NOW)
+    res = parse_payload(
+        payload, METER_TOPIC.format(meter_id="e-dorm-1") if "urn" not in label else GW, RULES, NOW
+    )
     assert res.readings == []
     assert {r.reason for r in res.rejections} == {reason}, label
     assert all(r.detail for r in res.rejections)
@@ -104,7 +110,10 @@ def test_non_readings_topic_is_refused() -> None:
 
 
 def test_encode_senml_round_trips() -> None:
-    rs = [Reading("e-dorm-1", "energy_kwh", 5.5, NOW), Reading("e-dorm-1", "power_w", 120.0, NOW),
-          Reading("w-dorm-1", "volume_m3", 0.25, NOW - 1)]  # fmt: skip
+    rs = [
+        Reading("e-dorm-1", "energy_kwh", 5.5, NOW),
+        Reading("e-dorm-1", "power_w", 120.0, NOW),
+        Reading("w-dorm-1", "volume_m3", 0.25, NOW - 1),
+    ]
     back = parse_payload(encode_senml(rs), GW, RULES, NOW)
     assert back.rejections == [] and back.readings == rs

@@ -1,0 +1,48 @@
+# Two commands do everything on a fresh Debian 12 machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := mosquitto influxdb victoria-metrics python3-venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test deps venv lint bench clean services-up services-down
+
+demo: deps venv ## Start servers, collector, API and a simulated campus (Ctrl-C stops)
+	$(BIN)/campusmon demo -c deploy/campus.yaml
+
+test: deps venv ## Lint, then the whole suite against real Mosquitto and InfluxDB
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -p no:cacheprovider
+
+deps: ## Debian packages for the local servers (apt-get update first: fresh package lists are empty)
+	@missing=""; for p in mosquitto influxd victoria-metrics; do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing=1; done; \
+	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing=1; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	  $$SUDO systemctl disable --now mosquitto influxdb victoria-metrics >/dev/null 2>&1 || true; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: deps venv ## Ingest, bus, query and alert benchmarks (numbers in README)
+	$(BIN)/python bench/ingest.py
+
+services-up: deps venv
+	$(BIN)/campusmon services up -c deploy/campus.yaml
+
+services-down: venv
+	$(BIN)/campusmon services down -c deploy/campus.yaml
+
+clean:
+	rm -rf var .pytest_cache
