@@ -4,4 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from firmware_sim.serial.cli import sim_serial
+
 sim_app = typer.Typer(help="Simulated meters that speak the real protocols.", no_args_is_help=True)
+sim_app.command("serial")(sim_serial)
