@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := mosquitto influxdb victoria-metrics python3-venv
+APT_PACKAGES := mosquitto influxdb victoria-metrics postgresql python3-venv
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test deps venv lint bench clean services-up services-down
@@ -17,11 +17,12 @@ test: deps venv ## Lint, then the whole suite against real Mosquitto and InfluxD
 
 deps: ## Debian packages for the local servers (apt-get update first: fresh package lists are empty)
 	@missing=""; for p in mosquitto influxd victoria-metrics; do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing=1; done; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing=1; \
 	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
-	  $$SUDO systemctl disable --now mosquitto influxdb victoria-metrics >/dev/null 2>&1 || true; \
+	  $$SUDO systemctl disable --now mosquitto influxdb victoria-metrics postgresql >/dev/null 2>&1 || true; \
 	fi
 
 venv: $(STAMP)

@@ -39,8 +39,16 @@ def _setup_logging(level: str | None = None) -> None:
 
 
 def config_or_exit(path: Path | None) -> CampusConfig:
+    """Load the campus config and validate every section, including those owned by capabilities."""
     try:
-        return load_config(path)
+        cfg = load_config(path)
+        source = str(path or os.environ.get("CAMPUSMON_CONFIG") or "campus.yaml")
+        from api.accounting.settings import parse_accounting
+        from api.alerts.config import parse_alerts
+
+        parse_accounting(cfg, source)
+        parse_alerts(cfg, source)
+        return cfg
     except ConfigError as e:
         typer.secho(f"configuration error:\n{e}", err=True, fg="red")
         raise typer.Exit(2) from None

@@ -63,6 +63,7 @@ class Server:
     port: int
     binary: str
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    user: str | None = None  # run the child as this user (PostgreSQL refuses to run as root)
 
     @property
     def pid_file(self) -> Path:
@@ -99,6 +100,7 @@ class Server:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=detach,
+            user=self.user,
         )
         log.close()
         self.pid_file.write_text(str(self.proc.pid))
@@ -267,3 +269,55 @@ class VictoriaMetrics(Server):
             "-influxListenAddr=",
             "-loggerLevel=ERROR",
         ]
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else None
+
+
+class PostgreSQL(Server):
+    """A throw-away PostgreSQL cluster for tests of the relational store (targets, alerts, dead letters).
+
+    As root it runs as the ``postgres`` user, so its data directory must not sit below a 0700 folder
+    of root's: use ``tempfile.mkdtemp()`` rather than pytest's tmp_path.
+    """
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        bindir = _pg_bin()
+        super().__init__("postgresql", Path(data_dir).resolve(), port, str(bindir / "postgres") if bindir else "postgres")
+        self.user = "postgres" if os.geteuid() == 0 else None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://campus@127.0.0.1:{self.port}/postgres"
+
+    def prepare(self) -> None:
+        pgdata = self.data_dir / "pgdata"
+        if (pgdata / "PG_VERSION").exists():
+            return
+        if self.user:
+            import shutil as _sh
+
+            _sh.chown(self.data_dir, self.user, self.user)
+        initdb = str(Path(self.binary).parent / "initdb")
+        subprocess.run([initdb, "-D", str(pgdata), "-U", "campus", "--auth=trust", "-E", "UTF8", "--no-instructions"],
+                       check=True, capture_output=True, user=self.user)
+
+    def command(self) -> list[str]:
+        return [self.binary, "-D", str(self.data_dir / "pgdata"), "-p", str(self.port), "-h", "127.0.0.1",
+                "-k", str(self.data_dir), "-c", "fsync=on"]
+
+    def ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServiceError("postgres exited")
+            try:
+                import psycopg
+
+                psycopg.connect(f"host=127.0.0.1 port={self.port} user=campus dbname=postgres", connect_timeout=1).close()
+                return
+            except Exception:  # noqa: BLE001 - starting up
+                time.sleep(0.2)
+        raise ServiceError("postgres did not accept connections")

@@ -106,3 +106,33 @@ SMALL_CAMPUS: dict[str, Any] = {
         {"id": "e-teach-1", "building": "teach-1", "kind": "electricity", "category": "01B00"},
     ],
 }
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[Any]:
+    """A real PostgreSQL cluster (Debian's package), for the relational store's "PostgreSQL by URL"."""
+    import shutil
+    import tempfile
+
+    from campusmon.services import PostgreSQL
+
+    d = tempfile.mkdtemp(prefix="campusmon-pg-")
+    srv = PostgreSQL(Path(d), free_port())
+    srv.start()
+    yield srv
+    srv.stop()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The relational store's URL: each test using it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/campus.sqlite"
+    import psycopg
+
+    srv = request.getfixturevalue("postgresql")
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(f"host=127.0.0.1 port={srv.port} user=campus dbname=postgres", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql+psycopg://campus@127.0.0.1:{srv.port}/{name}"

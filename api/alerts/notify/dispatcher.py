@@ -1,0 +1,240 @@
+"""Delivers pending notifications with exponential back-off; failures stay in the table, visible.
+
+Deliveries are rows written in the same transaction as their event, so whichever process raised
+an alert, the dispatcher (run by the API's scheduler) finds and sends it. Per channel, events go
+out in order: a delivery waiting for its retry holds back the later ones of that channel.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import json
+import logging
+import smtplib
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from email.message import EmailMessage
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from api.alerts.config import AlertsConfig
+from api.alerts.models import AlertEvent, Delivery
+from api.alerts.notify import formats
+from api.alerts.store import event_json
+from campusmon.config import CampusConfig
+
+log = logging.getLogger(__name__)
+
+ALERT_TOPIC = "campus/v1/alerts/{rule}/{subject}"
+# Long subjects stay on one line (RFC 5322 allows 998 characters); folding confuses some clients.
+SMTP_POLICY = email.policy.SMTP.clone(max_line_length=998)
+
+
+def topic_for(alert: dict[str, Any]) -> str:
+    """``campus/v1/alerts/<rule>/<subject id>``; MQTT wildcards and separators in ids become '_'."""
+    subject = "".join("_" if c in "/+#" else c for c in alert["subject"]["id"]) or "_"
+    return ALERT_TOPIC.format(rule=alert["rule"], subject=subject)
+
+
+def backoff(attempts: int, base: float, cap: float) -> float:
+    return min(base * 2 ** max(attempts - 1, 0), cap)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        cfg: CampusConfig,
+        acfg: AlertsConfig,
+        sessions: sessionmaker,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.acfg = acfg
+        self.sessions = sessions
+        self.clock = clock
+        self.http = httpx.Client(follow_redirects=False)
+        self._mqtt: Any = None
+        self._lock = threading.Lock()
+
+    def link(self, alert_id: int) -> str | None:
+        base = self.acfg.settings.public_url.rstrip("/")
+        return f"{base}/api/v1/alerts/{alert_id}" if base else None
+
+    def run_once(self, limit: int = 200) -> int:
+        """Send what is due; returns how many were delivered in this run."""
+        with self._lock:
+            now = self.clock()
+            with self.sessions() as s:
+                due = list(
+                    s.scalars(
+                        select(Delivery)
+                        .where(Delivery.status == "pending")
+                        .order_by(Delivery.id)
+                        .limit(limit)
+                    )
+                )
+                events = {
+                    e.id: event_json(e)
+                    for e in s.scalars(select(AlertEvent).where(AlertEvent.id.in_({d.event_id for d in due})))
+                }
+            blocked: set[str] = set()
+            sent = 0
+            for d in due:
+                if d.channel in blocked:
+                    continue
+                if d.next_attempt_at > now:
+                    blocked.add(d.channel)
+                    continue
+                ev = events.get(d.event_id)
+                ok, err = (False, "event missing") if ev is None else self._send(d.channel, ev, d.id)
+                self._record(d.id, ok, err)
+                if ok:
+                    sent += 1
+                else:
+                    blocked.add(d.channel)
+            return sent
+
+    def _record(self, delivery_id: int, ok: bool, err: str) -> None:
+        st = self.acfg.settings.delivery
+        now = self.clock()
+        with self.sessions() as s, s.begin():
+            d = s.get(Delivery, delivery_id)
+            if d is None:
+                return
+            d.attempts += 1
+            if ok:
+                d.status, d.delivered_at, d.last_error = "delivered", int(now), None
+            else:
+                d.last_error = err[:2000]
+                if d.attempts >= st.max_attempts:
+                    d.status = "failed"
+                    log.warning(
+                        "delivery %s to %s failed for good after %s attempts: %s",
+                        d.id,
+                        d.channel,
+                        d.attempts,
+                        err,
+                    )
+                else:
+                    d.next_attempt_at = now + backoff(d.attempts, st.backoff_s, st.max_backoff_s)
+
+    def _send(self, channel: str, event: dict[str, Any], delivery_id: int) -> tuple[bool, str]:
+        try:
+            if channel.startswith("webhook:"):
+                return self._webhook(channel.split(":", 1)[1], event, delivery_id)
+            if channel == "smtp":
+                return self._email(event)
+            if channel == "mqtt":
+                return self._mqtt_publish(event)
+            return False, f"unknown channel {channel!r}"
+        except Exception as e:
+            return False, f"{type(e).__name__}: {e}"
+
+    def _webhook(self, name: str, event: dict[str, Any], delivery_id: int) -> tuple[bool, str]:
+        w = next((w for w in self.acfg.settings.webhooks if w.name == name), None)
+        if w is None:
+            return False, f"webhook {name!r} is no longer configured"
+        req = formats.build(w, event, delivery_id, self.clock(), self.link(event["alert_id"]))
+        try:
+            resp = self.http.post(req.url, content=req.body, headers=req.headers, timeout=w.timeout_s)
+        except httpx.HTTPError as e:
+            return False, f"{type(e).__name__}: {e}"
+        return formats.accepted(w.format, resp.status_code, resp.content)
+
+    def _email(self, event: dict[str, Any]) -> tuple[bool, str]:
+        cfg = self.acfg.settings.smtp
+        if cfg is None:
+            return False, "smtp is no longer configured"
+        msg = EmailMessage(policy=SMTP_POLICY)
+        msg["Subject"] = formats.headline(event)
+        msg["From"] = cfg.sender
+        msg["To"] = ", ".join(cfg.to)
+        msg["Message-ID"] = f"<alert-{event['alert_id']}-event-{event['id']}@campusmon>"
+        msg.set_content(formats.text_of(event, self.link(event["alert_id"])))
+        smtp_cls = smtplib.SMTP_SSL if cfg.ssl else smtplib.SMTP
+        with smtp_cls(cfg.host, cfg.port, timeout=cfg.timeout_s) as smtp:
+            if cfg.starttls and not cfg.ssl:
+                smtp.starttls(context=ssl.create_default_context())
+            if cfg.username:
+                smtp.login(cfg.username, cfg.password or "")
+            refused = smtp.send_message(msg)
+        if refused:
+            return False, f"refused recipients: {refused}"
+        return True, ""
+
+    def _mqtt_client(self) -> Any:
+        if self._mqtt is None:
+            import paho.mqtt.client as mqtt
+            from paho.mqtt.enums import CallbackAPIVersion
+
+            m = self.cfg.mqtt
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{m.client_id}-alerts")
+            if m.username:
+                c.username_pw_set(m.username, m.password)
+            if m.tls:
+                c.tls_set()
+            c.connect(m.host, m.port, keepalive=m.keepalive)
+            c.loop_start()
+            self._mqtt = c
+        return self._mqtt
+
+    def _mqtt_publish(self, event: dict[str, Any]) -> tuple[bool, str]:
+        out = self.acfg.settings.mqtt
+        c = self._mqtt_client()
+        payload = json.dumps(event, ensure_ascii=False).encode()
+        info = c.publish(topic_for(event["alert"]), payload, qos=out.qos, retain=out.retain)
+        info.wait_for_publish(timeout=5.0)
+        if not info.is_published():
+            self.close_mqtt()
+            return False, "MQTT publish not acknowledged within 5 s"
+        return True, ""
+
+    def close_mqtt(self) -> None:
+        if self._mqtt is not None:
+            try:
+                self._mqtt.disconnect()
+                self._mqtt.loop_stop()
+            finally:
+                self._mqtt = None
+
+    def close(self) -> None:
+        self.close_mqtt()
+        self.http.close()
+
+
+def deliveries_json(
+    sessions: sessionmaker, status: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    q = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
+    if status:
+        q = q.where(Delivery.status == status)
+    with sessions() as s:
+        return [
+            {
+                "id": d.id,
+                "event_id": d.event_id,
+                "alert_id": d.alert_id,
+                "channel": d.channel,
+                "status": d.status,
+                "attempts": d.attempts,
+                "next_attempt_at": d.next_attempt_at if d.status == "pending" else None,
+                "created_at": d.created_at,
+                "delivered_at": d.delivered_at,
+                "last_error": d.last_error,
+            }
+            for d in s.scalars(q)
+        ]
+
+
+def retry_delivery(sessions: sessionmaker, delivery_id: int) -> bool:
+    with sessions() as s, s.begin():
+        d = s.get(Delivery, delivery_id)
+        if d is None:
+            return False
+        d.status, d.attempts, d.next_attempt_at = "pending", 0, 0.0
+        return True

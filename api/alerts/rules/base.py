@@ -1,0 +1,129 @@
+"""The vocabulary every rule speaks: subjects, levels, severities and findings.
+
+A rule is a pure function from data (and its own small saved state) to findings. Whether a
+finding opens, updates or clears an alert is decided in one place, ``api.alerts.lifecycle``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SubjectKind = Literal["meter", "room", "building"]
+
+
+class Level(StrEnum):
+    """FIRING opens or keeps an alert, OK lets it clear, HOLD (inside the hysteresis band) changes nothing."""
+
+    FIRING = "firing"
+    OK = "ok"
+    HOLD = "hold"
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    MAJOR = "major"
+    MINOR = "minor"
+    WARNING = "warning"
+    INFO = "info"
+
+
+SEVERITY_RANK = {
+    Severity.CRITICAL: 5,
+    Severity.MAJOR: 4,
+    Severity.MINOR: 3,
+    Severity.WARNING: 2,
+    Severity.INFO: 1,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What an alert is about; (rule, kind, id) is unique among open alerts."""
+
+    kind: SubjectKind
+    id: str
+    building: str
+    variant: str = (
+        ""  # tells apart two alerts of one rule on one subject (a building's water and power quotas)
+    )
+
+
+@dataclass(slots=True)
+class Finding:
+    """One rule's verdict on one subject at one moment.
+
+    ``value``/``threshold`` are in ``unit``; ``waste_per_day`` is in ``waste_unit`` (kWh or m3).
+    ``state`` is the rule's new saved state for this subject (None = leave it as it was).
+    """
+
+    rule: str
+    subject: Subject
+    level: Level
+    ts: int
+    since: int | None = None
+    severity: Severity | None = None
+    value: float | None = None
+    threshold: float | None = None
+    unit: str = ""
+    waste_per_day: float | None = None
+    waste_unit: str = ""
+    meter: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] | None = None
+    clear_after: int = 1
+
+
+class Params(BaseModel):
+    """Settings every rule has; each rule adds its thresholds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    severity: Severity | None = None
+    clear_after: int = Field(default=1, ge=1, description="consecutive OK evaluations before an alert clears")
+
+
+RuleKind = Literal["window", "instant"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """A rule's identity card: its id, default severity, settings model and where its numbers come from."""
+
+    id: str
+    kind: RuleKind
+    title: str
+    params: type[Params]
+    severity: Severity
+    applies_to: str  # "water", "electricity", "room", "any", "building"
+    basis: str  # the standard or practice the default numbers come from
+    check: str  # what staff should check, in plain words
+    evaluate: Callable[..., Any] | None = None
+
+
+# -- small numeric helpers shared by rules ---------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100) of a non-empty sequence."""
+    s = sorted(values)
+    if not s:
+        raise ValueError("percentile of an empty sequence")
+    k = (len(s) - 1) * q / 100.0
+    lo = math.floor(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50.0)
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)

@@ -1,0 +1,192 @@
+"""Hourly views of meters that window rules read: consumption per local hour, coverage, counter events.
+
+Built once per evaluation pass (or once per backtest) from raw register readings through the
+consumption policy (``api.accounting.consumption``), so rules and reports agree on every kWh.
+Rules get an ``upto`` index: the hours they may look at end there, which is how a backtest replays
+a past week without peeking at the future.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from api.accounting.consumption import Curve, Limits, derive
+from api.accounting.periods import hour_starts
+from campusmon.config import Building, CampusConfig, Meter
+from campusmon.quantities import MeterKind
+
+REGISTER = {MeterKind.ELECTRICITY: "energy_kwh", MeterKind.WATER: "volume_m3"}
+RATE = {MeterKind.ELECTRICITY: "power_w", MeterKind.WATER: "flow_m3h"}
+UNIT = {MeterKind.ELECTRICITY: "kWh", MeterKind.WATER: "m3"}
+
+
+class OccupancyCalendar(Protocol):
+    def is_occupied(self, building: Building | str, local: datetime) -> bool: ...
+    def day_kind(self, day: date) -> str: ...
+
+
+@dataclass(slots=True)
+class Timeline:
+    """The local whole hours of a window, shared by every meter of a pass."""
+
+    tz: ZoneInfo
+    starts: list[int]
+    local: list[datetime]
+    days: list[date]
+    day_kinds: list[str]
+    _days: dict[int, list[tuple[date, int, int]]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, start: int, end: int, tz: ZoneInfo, calendar: OccupancyCalendar) -> Timeline:
+        starts = hour_starts(start, end, tz)
+        local = [datetime.fromtimestamp(s, tz) for s in starts]
+        days = [d.date() for d in local]
+        kinds: dict[date, str] = {}
+        for d in days:
+            if d not in kinds:
+                kinds[d] = calendar.day_kind(d)
+        return cls(tz, starts, local, days, [kinds[d] for d in days])
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def end_of(self, i: int) -> int:
+        return self.starts[i + 1] if i + 1 < len(self.starts) else self.starts[i] + 3600
+
+    def complete_upto(self, now: int) -> int:
+        """Index one past the last hour that has ended by ``now``."""
+        n = bisect_right(self.starts, now - 3600)
+        while n > 0 and self.end_of(n - 1) > now:
+            n -= 1
+        return n
+
+    def index(self, ts: int) -> int:
+        """Index of the hour containing ``ts`` (may be -1 or len for outside)."""
+        return bisect_right(self.starts, ts) - 1
+
+    def day_ranges(self, upto: int) -> list[tuple[date, int, int]]:
+        """Complete local days among the first ``upto`` hours as (day, first index, end index)."""
+        cached = self._days.get(upto)
+        if cached is not None:
+            return cached
+        out: list[tuple[date, int, int]] = []
+        i, n = 0, len(self.days)
+        while i < upto:
+            d = self.days[i]
+            j = i
+            while j < n and self.days[j] == d:
+                j += 1
+            whole = (i > 0 or self.local[i].hour == 0) and (j < n or self.local[j - 1].hour == 23)
+            if j <= upto and whole:
+                out.append((d, i, j))
+            i = j
+        self._days[upto] = out
+        return out
+
+
+@dataclass(slots=True)
+class MeterSeries:
+    """One meter over a timeline: what rules need and nothing else."""
+
+    meter: Meter
+    building: Building
+    timeline: Timeline
+    curve: Curve
+    used: list[float]  # consumption per hour (kWh or m3), spread evenly across gaps
+    known: list[bool]  # hour covered by real readings (not before/after data, not inside a long gap)
+    samples: list[int]  # readings received in the hour
+    occupied: list[bool]
+    memo: dict[tuple, object] = field(default_factory=dict)
+
+    @property
+    def unit(self) -> str:
+        return UNIT[self.meter.kind]
+
+    @property
+    def kind(self) -> MeterKind:
+        return self.meter.kind
+
+    def last_reading(self, now: int) -> int | None:
+        r = self.curve.received
+        i = bisect_right(r, now)
+        return r[i - 1] if i else None
+
+    def first_reading(self) -> int | None:
+        return self.curve.received[0] if self.curve.received else None
+
+    def count_between(self, start: int, end: int) -> int:
+        r = self.curve.received
+        return bisect_left(r, end) - bisect_left(r, start)
+
+
+def gap_limit(meter: Meter) -> int:
+    """A gap longer than this is missing data, not a slow meter: hours inside it are estimated."""
+    return max(3 * meter.interval_s, 2 * 3600)
+
+
+def build_series(
+    meter: Meter,
+    building: Building,
+    timeline: Timeline,
+    points: Iterable[tuple[int, float]],
+    occupied: list[bool],
+) -> MeterSeries:
+    """Hourly consumption of one meter from its raw register readings."""
+    curve = derive(points, Limits.for_meter(meter))
+    n = len(timeline)
+    bounds = [*timeline.starts, timeline.end_of(n - 1)] if n else []
+    used = curve.deltas(bounds) if n else []
+    known = [False] * n
+    samples = [0] * n
+    recv = curve.received
+    if recv and n:
+        starts = timeline.starts
+        lo, hi = bisect_left(recv, starts[0]), bisect_left(recv, bounds[-1])
+        j = 0
+        for t in recv[lo:hi]:  # both sorted: one merge pass
+            while j + 1 < n and starts[j + 1] <= t:
+                j += 1
+            samples[j] += 1
+        # An hour is known when the readings around it are close enough together to trust its shape:
+        # it lies within the data and overlaps no gap longer than ``gap_limit``.
+        pts = curve.ts or recv
+        limit = gap_limit(meter)
+        gaps = [(a, b) for a, b in zip(pts, pts[1:], strict=False) if b - a > limit]
+        first, last = pts[0], pts[-1]
+        g = 0
+        for i in range(n):
+            s0, e0 = starts[i], bounds[i + 1]
+            if s0 < first or e0 > last:
+                continue
+            while g < len(gaps) and gaps[g][1] <= s0:
+                g += 1
+            known[i] = not (g < len(gaps) and gaps[g][0] < e0)
+    return MeterSeries(meter, building, timeline, curve, used, known, samples, occupied)
+
+
+def occupancy_for(timeline: Timeline, building: Building, calendar: OccupancyCalendar) -> list[bool]:
+    return [calendar.is_occupied(building, t) for t in timeline.local]
+
+
+def build_campus(
+    cfg: CampusConfig,
+    timeline: Timeline,
+    points: dict[str, Sequence[tuple[int, float]]],
+    calendar: OccupancyCalendar,
+    meters: Iterable[Meter] | None = None,
+) -> dict[str, MeterSeries]:
+    """Series of every configured meter (an empty series for a meter with no data)."""
+    occ: dict[str, list[bool]] = {}
+    out: dict[str, MeterSeries] = {}
+    for m in meters if meters is not None else cfg.meters:
+        b = cfg.building(m.building)
+        assert b is not None  # config validation guarantees it
+        if b.id not in occ:
+            occ[b.id] = occupancy_for(timeline, b, calendar)
+        out[m.id] = build_series(m, b, timeline, points.get(m.id, ()), occ[b.id])
+    return out

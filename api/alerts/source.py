@@ -1,0 +1,130 @@
+"""Reading what rules need from InfluxDB, and the quotas from accounting's targets table."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy.orm import sessionmaker
+
+from api.alerts.rules.context import Quota
+from api.alerts.series import REGISTER
+from campusmon.config import CampusConfig, Meter
+from campusmon.influx import InfluxStore
+from campusmon.quantities import MeterKind
+from campusmon.reading import Reading
+
+log = logging.getLogger(__name__)
+
+CHUNK = 50
+INSTANT_QUANTITIES = ("power_w", "power_factor", "current_a", "current_l1_a", "current_l2_a", "current_l3_a")
+
+
+def _where_meters(ids: Sequence[str]) -> str:
+    # Meter ids are validated as [A-Za-z0-9_.-]+ by the config, so they are safe inside quotes.
+    return "(" + " OR ".join(f"\"meter\" = '{m}'" for m in ids) + ")"
+
+
+def fetch_registers(
+    store: InfluxStore, meters: Iterable[Meter], start: int, end: int
+) -> dict[str, list[tuple[int, float]]]:
+    """Raw cumulative register readings of each meter in ``[start, end)``, oldest first."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    by_kind: dict[MeterKind, list[str]] = {}
+    for m in meters:
+        by_kind.setdefault(m.kind, []).append(m.id)
+    for kind, ids in by_kind.items():
+        field = REGISTER[kind]
+        for i in range(0, len(ids), CHUNK):
+            part = ids[i : i + CHUNK]
+            q = (
+                f'SELECT "{field}" FROM "{kind.value}" WHERE {_where_meters(part)} AND time >= {int(start)}s '
+                f'AND time < {int(end)}s GROUP BY "meter"'
+            )
+            for series in store.query(q):
+                meter = series["tags"].get("meter")
+                vals = out.setdefault(meter, [])
+                vals.extend((int(t), float(v)) for t, v in series["values"] if v is not None)
+    return out
+
+
+def fetch_instant(store: InfluxStore, meters: Iterable[Meter], start: int, end: int) -> list[Reading]:
+    """Power, power factor and current readings of the given meters, in time order (for replaying instant rules)."""
+    ids = [m.id for m in meters if m.kind is MeterKind.ELECTRICITY]
+    out: list[Reading] = []
+    fields = ", ".join(f'"{q}"' for q in INSTANT_QUANTITIES)
+    for i in range(0, len(ids), CHUNK):
+        part = ids[i : i + CHUNK]
+        q = (
+            f'SELECT {fields} FROM "electricity" WHERE {_where_meters(part)} AND time >= {int(start)}s '
+            f'AND time < {int(end)}s GROUP BY "meter"'
+        )
+        for series in store.query(q):
+            meter = series["tags"].get("meter")
+            cols = series["columns"]
+            for row in series["values"]:
+                ts = int(row[0])
+                for name, v in zip(cols[1:], row[1:], strict=True):
+                    if v is not None:
+                        out.append(Reading(meter, name, float(v), ts))
+    out.sort(key=lambda r: (r.ts, r.meter))
+    return out
+
+
+def load_quotas(cfg: CampusConfig, sessions: sessionmaker | None, first_day: object = None) -> list[Quota]:
+    """Quota targets of the accounting capability (none when it is not installed or has none)."""
+    if sessions is None:
+        return []
+    try:
+        from api.accounting.campus import Scope, highest, in_category, scope_meters
+        from api.accounting.target_repo import all_targets, as_spec
+        from api.accounting.targets import in_force
+    except ImportError:
+        return []
+    out: list[Quota] = []
+    with sessions() as s:
+        rows = [t for t in all_targets(s) if t.type == "quota"]
+        specs = [(t.id, as_spec(t)) for t in rows]
+    for tid, spec in specs:
+        if first_day is not None and not in_force(spec, first_day, first_day):  # type: ignore[arg-type]
+            continue
+        kind = spec.kind or MeterKind.ELECTRICITY
+        scope = Scope(spec.scope, spec.scope_id)
+        ms = scope_meters(cfg, scope, kind)
+        if spec.category and spec.category not in ("01000", "02000"):
+            members = {
+                m.id
+                for m in cfg.meters
+                if spec.scope == "campus" or _in_scope(cfg, m, spec.scope, spec.scope_id)
+            }
+            ms = highest(
+                cfg,
+                [
+                    m
+                    for m in cfg.meters
+                    if m.kind is kind and m.id in members and in_category(m, spec.category)
+                ],
+            )
+        out.append(
+            Quota(
+                scope=spec.scope,
+                id=spec.scope_id,
+                kind=kind.value,
+                period=spec.period or "month",
+                limit=spec.value,
+                name=spec.name,
+                building=spec.scope_id if spec.scope == "building" else "",
+                meters=tuple(m.id for m in ms),
+                target_id=tid,
+                valid_from=spec.valid_from,
+                valid_to=spec.valid_to,
+            )
+        )
+    return out
+
+
+def _in_scope(cfg: CampusConfig, m: Meter, scope: str, scope_id: str) -> bool:
+    if scope == "building":
+        return m.building == scope_id
+    b = cfg.building(m.building)
+    return b is not None and b.group == scope_id

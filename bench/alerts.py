@@ -1,0 +1,314 @@
+"""Alert benchmarks.
+
+1. Instant rules, end to end: a reading published over MQTT -> collector -> InfluxDB -> instant rules
+   -> alert event -> the API's SSE stream. Collector and API run as ``campusmon`` processes, as in
+   ``campusmon demo``. Baseline in the same run: MQTT publish -> a plain subscriber (the broker hop).
+2. One window-rule pass over 1,000 meters with 35 days of 15-minute readings (in memory), split into
+   preparing the hourly series and running the rules. Baseline in the same run: the consumption
+   policy alone (``api.accounting.consumption.derive``) over the same readings; plus the InfluxDB
+   read of one day of those meters.
+
+Run: ``.venv/bin/python bench/alerts.py [--trials 100] [--meters 1000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from campusmon.config import parse_config  # noqa: E402
+from campusmon.services import InfluxDB, Mosquitto, free_port, wait_port  # noqa: E402
+from campusmon.wire import METER_TOPIC, encode_senml  # noqa: E402
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def sse_listener(url: str, got: dict[str, float], stop: threading.Event) -> None:
+    """Record the arrival time of every 'opened' alert by room id."""
+    with httpx.stream("GET", url, timeout=None) as r:
+        data = None
+        for line in r.iter_lines():
+            if stop.is_set():
+                return
+            if line.startswith("data: "):
+                data = json.loads(line[6:])
+            elif line == "" and data is not None:
+                if data["type"] == "opened" and data["alert"]["rule"] == "dorm.high_power":
+                    got.setdefault(
+                        data["alert"]["subject"]["id"] + f"@{data['alert']['detail'].get('lasted_s')}",
+                        time.monotonic(),
+                    )
+                    got[f"last:{data['alert']['subject']['id']}"] = time.monotonic()
+                data = None
+
+
+def instant_latency(trials: int, work: Path) -> dict[str, float]:
+    mq = Mosquitto(work / "mq", free_port()).start()
+    influx = InfluxDB(work / "influx", free_port()).start()
+    rooms = 20
+    api_port = free_port()
+    cfg = {
+        "site": {"timezone": "Asia/Shanghai"},
+        "buildings": [{"id": "d1", "name": "Dorm 1", "type": "dorm"}],
+        "meters": [
+            {"id": f"e-r{i}", "building": "d1", "kind": "electricity", "room": f"d1-{i}", "interval_s": 10}
+            for i in range(rooms)
+        ],
+        "mqtt": {"port": mq.port, "client_id": "bench-collector", "flush_interval_s": 0.05},
+        "influxdb": {"url": f"http://127.0.0.1:{influx.port}", "database": "bench"},
+        "database": {"url": f"sqlite:///{work}/bench.sqlite"},
+        "api": {"port": api_port},
+        "alerts": {
+            "rules": {"data.offline": {"enabled": False}, "data.completeness": {"enabled": False}},
+            "mqtt": {"enabled": False},
+        },
+    }
+    path = work / "campus.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "CAMPUSMON_CONFIG": str(path)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "campusmon.cli", name, "-c", str(path)],
+            env=env,
+            cwd=ROOT,
+            stdout=open(work / f"{name}.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
+        for name in ("collector", "api")
+    ]
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
+    pub.connect("127.0.0.1", mq.port)
+    pub.loop_start()
+    echo: dict[int, float] = {}
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-echo")
+    sub.on_message = lambda _c, _u, m: echo.setdefault(int(m.payload), time.monotonic())
+    sub.connect("127.0.0.1", mq.port)
+    sub.subscribe("bench/echo", qos=1)
+    sub.loop_start()
+    stop = threading.Event()
+    got: dict[str, float] = {}
+    try:
+        wait_port(api_port, 30, procs[1])
+        time.sleep(1.0)
+        th = threading.Thread(
+            target=sse_listener,
+            args=(f"http://127.0.0.1:{api_port}/api/v1/alerts/stream", got, stop),
+            daemon=True,
+        )
+        th.start()
+        time.sleep(0.5)
+        lat, base = [], []
+        ts0 = int(time.time()) - 10 * trials * 60
+        for k in range(trials):
+            room = k % rooms
+            t = ts0 + k * 60
+
+            def send(ts: int, w: float, room: int = room) -> None:
+                msg = encode_senml([_reading(f"e-r{room}", w, ts)])
+                pub.publish(METER_TOPIC.format(meter_id=f"e-r{room}"), msg, qos=1).wait_for_publish(5)
+
+            send(t, 150.0)
+            send(t + 10, 2000.0)  # the kettle goes on
+            time.sleep(0.25)  # let the collector store those
+            key = f"d1-{room}@30"
+            t_pub = time.monotonic()
+            send(t + 40, 2000.0)  # 30 s later it is still on: this reading raises the alert
+            deadline = t_pub + 10
+            while key not in got and time.monotonic() < deadline:
+                time.sleep(0.002)
+            if key in got:
+                lat.append(got.pop(key) - t_pub)
+            send(t + 50, 150.0)  # off again: clears
+            t_echo = time.monotonic()
+            pub.publish("bench/echo", str(k), qos=1)
+            while k not in echo and time.monotonic() < t_echo + 5:
+                time.sleep(0.001)
+            if k in echo:
+                base.append(echo[k] - t_echo)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        pub.loop_stop()
+        sub.loop_stop()
+        mq.stop()
+        influx.stop()
+    return {
+        "trials": trials,
+        "alerts_seen": len(lat),
+        "p50_s": statistics.median(lat),
+        "p99_s": pct(lat, 99),
+        "max_s": max(lat),
+        "mqtt_hop_p50_s": statistics.median(base),
+        "mqtt_hop_p99_s": pct(base, 99),
+        "ratio_p50_vs_mqtt_hop": statistics.median(lat) / max(statistics.median(base), 1e-6),
+    }
+
+
+def _reading(meter: str, w: float, ts: int):
+    from campusmon.reading import Reading
+
+    return Reading(meter, "power_w", w, ts)
+
+
+def window_pass(n_meters: int, work: Path) -> dict[str, float]:
+    from api.accounting.consumption import Limits, derive
+    from api.alerts.config import parse_alerts
+    from api.alerts.evaluate import window_findings
+    from api.alerts.series import Timeline, build_campus
+    from api.alerts.store import AlertStore
+    from api.alerts.window import calendar, children_of, context_at
+    from campusmon.db import init_db
+    from firmware_sim.profiles import sim_meters_for
+
+    n_b = max(1, n_meters // 20)
+    types = ["dorm", "classroom", "office", "lab", "library", "canteen"]
+    data = {
+        "buildings": [
+            {"id": f"b{i}", "type": types[i % len(types)], "floor_area_m2": 4000 + 100 * i, "occupants": 300}
+            for i in range(n_b)
+        ],
+        "meters": [
+            {"id": f"m{i}", "building": f"b{i % n_b}", "kind": "electricity" if i % 2 else "water"}
+            for i in range(n_meters)
+        ],
+        "database": {"url": f"sqlite:///{work}/pass.sqlite"},
+    }
+    cfg = parse_config(data, "bench", environ={})
+    days = 35
+    now = int(time.time()) // 900 * 900
+    start = now - days * 86400
+    sims = sim_meters_for(cfg, 3)
+    points: dict[str, list[tuple[int, float]]] = {s.id: [] for s in sims}
+    t0 = time.perf_counter()
+    for t in range(start, now + 1, 900):
+        for s in sims:
+            r = s.readings(t)[0]
+            points[s.id].append((t, r.value))
+    gen = time.perf_counter() - t0
+    readings = sum(len(v) for v in points.values())
+
+    t0 = time.perf_counter()
+    for m in cfg.meters:
+        derive(points[m.id], Limits.for_meter(m))
+    policy = time.perf_counter() - t0
+
+    acfg = parse_alerts(cfg)
+    cal = calendar(cfg)
+    _e, sessions = init_db(cfg.database.url)
+    store = AlertStore(cfg, acfg, sessions)
+    t0 = time.perf_counter()
+    timeline = Timeline.build(start, now, cfg.site.tz, cal)
+    series = build_campus(cfg, timeline, points, cal)
+    prep = time.perf_counter() - t0
+    ctx = context_at(cfg, timeline, series, now, 960, [])
+    t0 = time.perf_counter()
+    findings = window_findings(acfg, ctx, store.state)
+    rules = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    store.apply(findings)
+    apply_s = time.perf_counter() - t0
+    # The next pass (memos warm, nothing new): what a steady scheduler pays for the rules.
+    ctx2 = context_at(cfg, timeline, series, now + 300, 960, [])
+    t0 = time.perf_counter()
+    window_findings(acfg, ctx2, store.state)
+    rules2 = time.perf_counter() - t0
+    del children_of
+    return {
+        "meters": n_meters,
+        "days": days,
+        "readings": readings,
+        "generate_s": round(gen, 2),
+        "policy_only_s": round(policy, 3),
+        "prepare_series_s": round(prep, 3),
+        "rules_s": round(rules, 3),
+        "rules_next_pass_s": round(rules2, 3),
+        "apply_s": round(apply_s, 3),
+        "findings": len(findings),
+        "pass_total_s": round(prep + rules + apply_s, 3),
+        "ratio_pass_vs_policy": round((prep + rules + apply_s) / policy, 2),
+    }
+
+
+def influx_fetch(n_meters: int, work: Path) -> dict[str, float]:
+    from api.alerts.source import fetch_registers
+    from campusmon.influx import open_store
+    from campusmon.reading import Reading
+
+    influx = InfluxDB(work / "influx2", free_port()).start()
+    try:
+        data = {
+            "buildings": [{"id": "b0"}],
+            "meters": [{"id": f"m{i}", "building": "b0", "kind": "electricity"} for i in range(n_meters)],
+            "influxdb": {"url": f"http://127.0.0.1:{influx.port}", "database": "fetch"},
+        }
+        cfg = parse_config(data, "bench", environ={})
+        store = open_store(cfg)
+        store.ensure_database()
+        now = int(time.time()) // 900 * 900
+        batch: list[Reading] = []
+        for t in range(now - 86400, now, 900):
+            for i in range(n_meters):
+                batch.append(Reading(f"m{i}", "energy_kwh", 1000.0 + (t - now) / 3600 + i, t))
+            if len(batch) >= 20000:
+                store.write(batch)
+                batch = []
+        store.write(batch)
+        t0 = time.perf_counter()
+        pts = fetch_registers(store, cfg.meters, now - 86400, now)
+        fetch = time.perf_counter() - t0
+        store.close()
+    finally:
+        influx.stop()
+    return {
+        "meters": n_meters,
+        "points": sum(len(v) for v in pts.values()),
+        "fetch_one_day_s": round(fetch, 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--meters", type=int, default=1000)
+    ap.add_argument("--skip-latency", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-alerts-") as d:
+        work = Path(d)
+        out = {}
+        if not args.skip_latency:
+            out["instant_latency"] = instant_latency(args.trials, work)
+            print(json.dumps(out["instant_latency"], indent=2), flush=True)
+        out["window_pass"] = window_pass(args.meters, work)
+        print(json.dumps(out["window_pass"], indent=2), flush=True)
+        out["influx_fetch"] = influx_fetch(args.meters, work)
+        print(json.dumps(out["influx_fetch"], indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
