@@ -58,7 +58,7 @@ def campus(n_meters: int, port: int, db: str) -> CampusConfig:
         meters.append(
             {"id": f"{bid}-w1", "building": bid, "kind": "water", "category": "02000", "parent": f"{bid}-w0"}
         )
-    tariffs = Path(__file__).resolve().parent.parent / "deploy" / "tariffs.yaml"
+    tariffs = Path(__file__).resolve().parent.parent / "deploy" / "campus.yaml"
     import yaml
 
     accounting = yaml.safe_load(tariffs.read_text())["accounting"]

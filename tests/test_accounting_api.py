@@ -21,7 +21,7 @@ from firmware_sim.month import SimMonth, write_readings
 from tests.test_consumption_truth import DAY, MONTH, campus_config, faulty_month
 
 ROOT = Path(__file__).resolve().parent.parent
-ACCOUNTING = yaml.safe_load((ROOT / "deploy" / "tariffs.yaml").read_text())["accounting"]
+ACCOUNTING = yaml.safe_load((ROOT / "deploy" / "campus.yaml").read_text())["accounting"]
 OCTOBER = {"start": "2026-10-01", "end": "2026-11-01"}
 
 

@@ -19,7 +19,7 @@ from campusmon.config import ConfigError, Meter, parse_config
 from campusmon.quantities import MeterKind
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = yaml.safe_load((ROOT / "deploy" / "tariffs.yaml").read_text())["accounting"]
+EXAMPLE = yaml.safe_load((ROOT / "deploy" / "campus.yaml").read_text())["accounting"]
 
 
 def load(accounting: dict[str, Any], tz: str = "Asia/Shanghai"):
