@@ -37,7 +37,7 @@ lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: deps venv ## Ingest, bus, query and alert benchmarks (numbers in README)
-	$(BIN)/python bench/ingest.py
+	for b in ingest bus gateway_mem query alerts protocols; do $(BIN)/python bench/$$b.py || exit 1; done
 
 services-up: deps venv
 	$(BIN)/campusmon services up -c deploy/campus.yaml

@@ -329,6 +329,9 @@ _PEAK_W_PER_M2 = {
 }
 
 
+ROOM_PEAK_W = 450.0  # lights, laptops and a fan in a 4-bed dorm room; a kettle is 1,500-2,200 W
+
+
 def shape(kind: MeterKind | str, building_type: str, local: datetime) -> float:
     """Fraction of peak at a local time; hours interpolate so steps do not look like artefacts."""
     table = (
@@ -422,10 +425,16 @@ def sim_meters_for(cfg: object, seed: int = 0) -> list[SimMeter]:
         b = cfg.building(m.building)
         assert b is not None
         siblings = [
-            x for x in cfg.meters if x.building == m.building and x.kind == m.kind and x.parent is None
+            x
+            for x in cfg.meters
+            if x.building == m.building and x.kind == m.kind and x.parent is None and not x.room
         ]
         share = 1.0 / max(1, len(siblings)) if m.parent is None else 0.3
         start = round(1000 + (hash_seed(seed, m.id) % 50000) + 0.0, 2)
+        if m.room:  # a room meter carries one room, not a share of its building
+            peak = ROOM_PEAK_W if m.kind is MeterKind.ELECTRICITY else 0.05
+            out.append(SimMeter(m.id, m.kind, b.type, peak, tz, seed, start=start / 10))
+            continue
         out.append(
             SimMeter(
                 m.id,
