@@ -185,7 +185,9 @@ def api(
 @app.command("demo")
 def demo(
     config: ConfigOpt = None,
-    hours: Annotated[int, typer.Option(help="history to backfill")] = 24,
+    hours: Annotated[
+        int, typer.Option(help="history to backfill (the last 24 h carry injected waste)", min=25)
+    ] = 96,
     interval: Annotated[int, typer.Option(help="live reading interval, seconds")] = 10,
 ) -> None:
     """Start servers, collector, API and a simulated campus; Ctrl-C stops everything."""

@@ -65,5 +65,25 @@ def init_db(url: str) -> tuple[Engine, sessionmaker]:
             if e.name is None or not mod.startswith(e.name):
                 raise
     engine = make_engine(url)
-    Base.metadata.create_all(engine)
+    create_schema(engine)
     return engine, sessionmaker(engine, expire_on_commit=False)
+
+
+def create_schema(engine: Engine, attempts: int = 5) -> None:
+    """``create_all`` that tolerates another process creating the same tables at the same moment.
+
+    The collector and the API start together; both check, both see no table, one CREATE loses.
+    Checking again after the other has finished is all it takes.
+    """
+    import time
+
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(attempts):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except DBAPIError as e:
+            if attempt == attempts - 1 or "exist" not in str(e.orig).lower():
+                raise
+            time.sleep(0.1 * (attempt + 1))

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import typer
 
-from campusmon.config import load_config
+from campusmon.config import CampusConfig, load_config
 from campusmon.services import InfluxDB, Mosquitto, Server, ServiceError, free_port, port_free, wait_port
 from campusmon.wire import COLLECTOR_STATUS_TOPIC, wait_for_status
 
@@ -69,8 +69,6 @@ def run_demo(config: Path, hours: int, interval: int) -> None:
             typer.echo(f"starting {s.name} on 127.0.0.1:{s.port} …")
             s.start()
         children.append(_child(["collector"], env, DEMO_DIR / "collector.log"))
-        children.append(_child(["api"], env, DEMO_DIR / "api.log"))
-        wait_port(ports["api"], 30, children[-1])
         status = COLLECTOR_STATUS_TOPIC.format(client_id=cfg.mqtt.client_id)
         if not wait_for_status("127.0.0.1", ports["mqtt"], status, "online", 30):
             raise ServiceError(f"the collector did not come online; see {DEMO_DIR}/collector.log")
@@ -88,17 +86,30 @@ def run_demo(config: Path, hours: int, interval: int) -> None:
             fault_rate=0.002,
             client_id="campusmon-demo-sim",
         )
-        waste = _inject_waste(fleet)
         now = int(time.time())
+        steps = hours * 4
         with typer.progressbar(
-            length=hours * 4, label=f"simulating {hours} h of {len(fleet.meters)} meters"
+            length=steps, label=f"simulating {hours} h of {len(fleet.meters)} meters"
         ) as bar:
-            fleet.backfill(now - hours * 3600, now - 60, lambda i, t: bar.update(1))
+            # Clean history first, so rules that learn what is usual have something to learn from;
+            # then the last day carries the injected waste.
+            fleet.backfill(now - hours * 3600, now - 86400, lambda i, t: bar.update(1))
+            waste = _inject_waste(fleet, cfg)
+            fleet.backfill(now - 86400, now - 60, lambda i, t: bar.update(1))
+        # Rules judge what is stored: start the API (and its window rules) only once the history
+        # is in InfluxDB and the gateway's meters have answered, or every meter looks silent.
+        typer.echo("waiting for the collector to store the history and the gateway's first poll …")
+        _wait_stored(cfg, fleet.meters[-1].id, now - 60 - 900, stop)
+        _wait_stored(cfg, sorted(gw_meters)[0], now - 120, stop)
+        children.append(_child(["api"], env, DEMO_DIR / "api.log"))
+        wait_port(ports["api"], 30, children[-1])
         fleet.interval_s = interval
         live = threading.Thread(target=fleet.follow, args=(stop,), daemon=True)
         live.start()
-        threading.Timer(30, _kettle, args=(fleet, True)).start()
-        threading.Timer(240, _kettle, args=(fleet, False)).start()
+        for delay, on in ((30, True), (240, False)):
+            t = threading.Timer(delay, _kettle, args=(fleet, on))
+            t.daemon = True  # must not keep the demo alive after Ctrl-C
+            t.start()
         api = f"http://127.0.0.1:{ports['api']}"
         m = cfg.meters[0].id
         _wait_for_data(api, m, stop)
@@ -147,6 +158,30 @@ Logs in {DEMO_DIR}/. Press Ctrl-C to stop.""")
         typer.echo("stopped.")
 
 
+def _wait_stored(
+    cfg: CampusConfig, meter: str, since: int, stop: threading.Event, timeout: float = 180
+) -> None:
+    """Until InfluxDB holds a reading of ``meter`` at or after ``since``."""
+    from campusmon.influx import StoreUnavailable, open_store
+
+    m = cfg.meter(meter)
+    field = "energy_kwh" if m is None or m.kind.value == "electricity" else "volume_m3"
+    store = open_store(cfg)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not stop.is_set():
+            try:
+                q = f'SELECT last("{field}") FROM "{m.kind.value if m else "electricity"}" WHERE "meter" = $m'
+                series = store.query(q, {"m": meter})
+                if series and series[0]["values"][0][0] >= since:
+                    return
+            except StoreUnavailable:
+                pass
+            time.sleep(0.5)
+    finally:
+        store.close()
+
+
 def _wait_for_data(api: str, meter: str, stop: threading.Event, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
@@ -162,17 +197,26 @@ def _wait_for_data(api: str, meter: str, stop: threading.Event, timeout: float =
 KETTLE_METER = "e-dorm-1-room-101"
 
 
-def _inject_waste(fleet: object) -> str:
-    """Labelled waste in the simulated history, so the window rules have something real to find."""
+def _inject_waste(fleet: object, cfg: CampusConfig) -> str:
+    """Labelled waste in the last simulated day, so the window rules have something real to find.
+
+    The load is added to the sub-meter and to every meter above it: a main meter sees what its
+    sub-circuits draw.
+    """
     meters = {m.id: m for m in fleet.meters}  # type: ignore[attr-defined]
     found = []
     for mid, extra, label in (
         ("w-teach-1-toilets", 0.12, "running toilet in teach-1 (0.12 m3/h day and night)"),
         ("e-library-light", 12000.0, "library lights on all night (+12 kW)"),
     ):
-        if mid in meters:
-            meters[mid].extra_load = extra
-            found.append(label)
+        m = cfg.meter(mid)
+        if m is None or mid not in meters:
+            continue
+        while m is not None:
+            if m.id in meters:
+                meters[m.id].extra_load += extra
+            m = cfg.meter(m.parent) if m.parent else None
+        found.append(label)
     return "; ".join(found) or "none (meters not in this config)"
 
 
@@ -202,5 +246,7 @@ def _start_gateway(env: dict[str, str], mqtt_port: int, children: list, cleanup:
     gw["buses"][0]["port"] = url
     path = DEMO_DIR / "gateway.yaml"
     path.write_text(yaml.safe_dump(gw, sort_keys=False))
-    children.append(_child(["gateway", "-c", str(path)], env, DEMO_DIR / "gateway.log"))
+    # A field gateway has an environment of its own; the campus-side overrides are not for it.
+    gw_env = {k: v for k, v in env.items() if not k.startswith("CAMPUSMON_")}
+    children.append(_child(["gateway", "-c", str(path)], gw_env, DEMO_DIR / "gateway.log"))
     return {m["id"] for b in gw["buses"] for m in b["meters"]}

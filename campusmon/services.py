@@ -318,6 +318,6 @@ class PostgreSQL(Server):
 
                 psycopg.connect(f"host=127.0.0.1 port={self.port} user=campus dbname=postgres", connect_timeout=1).close()
                 return
-            except Exception:  # noqa: BLE001 - starting up
+            except Exception:  # starting up
                 time.sleep(0.2)
         raise ServiceError("postgres did not accept connections")

@@ -282,7 +282,9 @@ _WATER_SHAPE: dict[str, list[float]] = {
         0.01,
     ],
 }
-_WATER_DEFAULT = [0.01] * 7 + [
+# Teaching, office and lab buildings use no water at night: a non-zero night flow there is a leak.
+_WATER_DEFAULT = [0.0] * 6 + [
+    0.05,
     0.35,
     0.80,
     0.90,
@@ -298,8 +300,8 @@ _WATER_DEFAULT = [0.01] * 7 + [
     0.10,
     0.05,
     0.02,
-    0.01,
-    0.01,
+    0.0,
+    0.0,
 ]
 
 # Weekend factor of the working day's load, by type.

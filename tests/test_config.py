@@ -121,3 +121,15 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["config", "check", "-c", str(f)])
     assert r.exit_code == 2
     assert "influxdb.backend" in r.output
+
+
+def test_processes_creating_the_schema_at_once_do_not_fail(tmp_path: Path) -> None:
+    """The collector and the API start together on a fresh database."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/race.sqlite"
+    code = "import sys; from campusmon.db import init_db; init_db(sys.argv[1])"
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], cwd=ROOT, stderr=subprocess.PIPE) for _ in range(6)]
+    errors = [p.communicate(timeout=60)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
