@@ -186,8 +186,8 @@ def api(
 def demo(
     config: ConfigOpt = None,
     hours: Annotated[
-        int, typer.Option(help="history to backfill (the last 24 h carry injected waste)", min=25)
-    ] = 96,
+        int, typer.Option(help="history to backfill (the last 30 h carry injected waste)", min=31)
+    ] = 192,
     interval: Annotated[int, typer.Option(help="live reading interval, seconds")] = 10,
 ) -> None:
     """Start servers, collector, API and a simulated campus; Ctrl-C stops everything."""

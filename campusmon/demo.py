@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import typer
@@ -16,6 +17,9 @@ import typer
 from campusmon.config import CampusConfig, load_config
 from campusmon.services import InfluxDB, Mosquitto, Server, ServiceError, free_port, port_free, wait_port
 from campusmon.wire import COLLECTOR_STATUS_TOPIC, wait_for_status
+
+if TYPE_CHECKING:
+    from firmware_sim.profiles import SimMeter
 
 DEMO_DIR = Path("var/demo")
 
@@ -37,6 +41,12 @@ def _child(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 def run_demo(config: Path, hours: int, interval: int) -> None:
     base = load_config(config)
+    if hours < RULE_HISTORY_H:
+        typer.secho(
+            f"note: {hours} h of history may be too little for the waste rules to learn what is usual "
+            f"(a week of the same kind of day); use --hours {RULE_HISTORY_H} to see them fire",
+            fg="yellow",
+        )
     ports = {
         "mqtt": _port(base.services.mosquitto_port),
         "influx": _port(base.services.influxdb_port),
@@ -92,10 +102,11 @@ def run_demo(config: Path, hours: int, interval: int) -> None:
             length=steps, label=f"simulating {hours} h of {len(fleet.meters)} meters"
         ) as bar:
             # Clean history first, so rules that learn what is usual have something to learn from;
-            # then the last day carries the injected waste.
-            fleet.backfill(now - hours * 3600, now - 86400, lambda i, t: bar.update(1))
-            waste = _inject_waste(fleet, cfg)
-            fleet.backfill(now - 86400, now - 60, lambda i, t: bar.update(1))
+            # then the last hours carry the injected waste.
+            since = waste_start(now, hours)
+            fleet.backfill(now - hours * 3600, since, lambda i, t: bar.update(1))
+            waste = inject_waste(fleet.meters, cfg)
+            fleet.backfill(since, now - 60, lambda i, t: bar.update(1))
         # Rules judge what is stored: start the API (and its window rules) only once the history
         # is in InfluxDB and the gateway's meters have answered, or every meter looks silent.
         typer.echo("waiting for the collector to store the history and the gateway's first poll …")
@@ -196,14 +207,28 @@ def _wait_for_data(api: str, meter: str, stop: threading.Event, timeout: float =
 
 KETTLE_METER = "e-dorm-1-room-101"
 
+# Window rules judge whole hours that ended at least ``settle_s`` ago: a running toilet must cover
+# 24 of them (leak.continuous_flow) or a whole 02:00-05:00 night (leak.night_flow) before it can be
+# seen. Waste injected exactly 24 h ago never fills 24 such hours, and misses the last whole night
+# when the demo starts between 02:00 and about 05:20, so it starts 30 h back.
+WASTE_HOURS = 30
+# Clean history the rules learn from: 3 nights of baseline (leak.night_flow), 3 resting days
+# (leak.continuous_flow), 2 earlier days of the same kind (after_hours.usage, across a weekend).
+RULE_HISTORY_H = 8 * 24
 
-def _inject_waste(fleet: object, cfg: CampusConfig) -> str:
-    """Labelled waste in the last simulated day, so the window rules have something real to find.
+
+def waste_start(now: int, hours: int) -> int:
+    """When the injected waste starts in a history of ``hours`` ending at ``now``."""
+    return now - min(WASTE_HOURS, hours) * 3600
+
+
+def inject_waste(sim_meters: list[SimMeter], cfg: CampusConfig) -> str:
+    """Labelled waste from ``waste_start`` on, so the window rules have something real to find.
 
     The load is added to the sub-meter and to every meter above it: a main meter sees what its
     sub-circuits draw.
     """
-    meters = {m.id: m for m in fleet.meters}  # type: ignore[attr-defined]
+    meters = {m.id: m for m in sim_meters}
     found = []
     for mid, extra, label in (
         ("w-teach-1-toilets", 0.12, "running toilet in teach-1 (0.12 m3/h day and night)"),

@@ -285,7 +285,9 @@ class PostgreSQL(Server):
 
     def __init__(self, data_dir: Path, port: int) -> None:
         bindir = _pg_bin()
-        super().__init__("postgresql", Path(data_dir).resolve(), port, str(bindir / "postgres") if bindir else "postgres")
+        super().__init__(
+            "postgresql", Path(data_dir).resolve(), port, str(bindir / "postgres") if bindir else "postgres"
+        )
         self.user = "postgres" if os.geteuid() == 0 else None
 
     @property
@@ -301,12 +303,27 @@ class PostgreSQL(Server):
 
             _sh.chown(self.data_dir, self.user, self.user)
         initdb = str(Path(self.binary).parent / "initdb")
-        subprocess.run([initdb, "-D", str(pgdata), "-U", "campus", "--auth=trust", "-E", "UTF8", "--no-instructions"],
-                       check=True, capture_output=True, user=self.user)
+        subprocess.run(
+            [initdb, "-D", str(pgdata), "-U", "campus", "--auth=trust", "-E", "UTF8", "--no-instructions"],
+            check=True,
+            capture_output=True,
+            user=self.user,
+        )
 
     def command(self) -> list[str]:
-        return [self.binary, "-D", str(self.data_dir / "pgdata"), "-p", str(self.port), "-h", "127.0.0.1",
-                "-k", str(self.data_dir), "-c", "fsync=on"]
+        return [
+            self.binary,
+            "-D",
+            str(self.data_dir / "pgdata"),
+            "-p",
+            str(self.port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(self.data_dir),
+            "-c",
+            "fsync=on",
+        ]
 
     def ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -316,7 +333,9 @@ class PostgreSQL(Server):
             try:
                 import psycopg
 
-                psycopg.connect(f"host=127.0.0.1 port={self.port} user=campus dbname=postgres", connect_timeout=1).close()
+                psycopg.connect(
+                    f"host=127.0.0.1 port={self.port} user=campus dbname=postgres", connect_timeout=1
+                ).close()
                 return
             except Exception:  # starting up
                 time.sleep(0.2)

@@ -45,6 +45,7 @@ class BacktestResult:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     meters: int = 0
     steps: int = 0
+    # Read from InfluxDB: register readings (window rules) plus power and current (instant rules).
     readings: int = 0
     seconds: float = 0.0
     committed: list[int] = field(default_factory=list)
@@ -134,7 +135,8 @@ def backtest(
         instant = InstantRules(cfg, store=store, acfg=acfg, clock=lambda: now_box[0], rules=instant_rules)
         watched = [m for m in cfg.meters if m.room is not None or m.rated_current_a is not None]
         readings = fetch_instant(influx, watched, start, end)
-    result = BacktestResult(start, end, wanted, meters=len(cfg.meters), readings=len(readings))
+    read = sum(len(v) for v in points.values()) + len(readings)
+    result = BacktestResult(start, end, wanted, meters=len(cfg.meters), readings=read)
     ri = 0
     t = start
     while t < end:
