@@ -24,8 +24,9 @@ def message(resp) -> str:
 
 
 @pytest.fixture
-def client(make_config, influxdb):
-    cfg = make_config(influx=influxdb, data=GROUPED)
+def client(make_config, influxdb, db_url):
+    """Targets live in the relational store: every API test here runs on SQLite and on PostgreSQL."""
+    cfg = make_config(influx=influxdb, data=GROUPED, database={"url": db_url})
     app = FastAPI()
     app.include_router(router)
     app.state.cfg = cfg
