@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from campusmon.deadletter import DeadLetters
 from campusmon.ingest import Ingestor, Message
@@ -41,8 +42,6 @@ async def post_readings(
     body = await request.body()
     topic = METER_TOPIC.format(meter_id=meter) if meter else None
     started = time.monotonic()
-    from starlette.concurrency import run_in_threadpool
-
     res = await run_in_threadpool(_ingestor(request).process, [Message(topic, body, "http")], started)
     rejected = [{"reason": r.reason, "detail": r.detail, "record": r.record} for _, r in res.rejected]
     status = 200 if res.stored or not rejected else 422

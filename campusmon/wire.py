@@ -200,7 +200,7 @@ def _timestamp(t: Any, rules: Rules, now_s: float) -> int:
     return int(ts)
 
 
-def _meter_id(meter: Any, rules: Rules) -> str:
+def _meter_id(meter: Any) -> str:
     if not isinstance(meter, str) or not meter:
         raise _Reject(MISSING_METER, "no meter id")
     if not _ID_RE.match(meter):
@@ -238,7 +238,7 @@ def _reading(meter: str, name: Any, value: Any, unit: Any, ts: int, rules: Rules
 
 
 def _flat(rec: dict[str, Any], rules: Rules, now_s: float, res: ParseResult) -> None:
-    meter = _meter_id(rec.get("meter"), rules)
+    meter = _meter_id(rec.get("meter"))
     if "ts" not in rec:
         raise _Reject(MISSING_TIMESTAMP, "flat record has no 'ts'")
     ts = _timestamp(rec["ts"], rules, now_s)
@@ -283,7 +283,7 @@ def _senml(
         meter, quantity = default_meter, name
     else:
         raise _Reject(MISSING_METER, f"name {name!r} lacks a meter: use urn:campus:meter:<id>:<quantity>")
-    meter = _meter_id(meter, rules)
+    meter = _meter_id(meter)
     if "v" not in rec:
         raise _Reject(BAD_VALUE, f"{quantity}: only numeric values (v) are accepted")
     t = rec.get("t", 0)

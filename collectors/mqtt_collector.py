@@ -12,7 +12,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -246,7 +245,3 @@ def run_collector(cfg: CampusConfig, hooks: tuple[ReadingHook, ...] = ()) -> Non
     log.info("collector %s running; subscribed to %s", cfg.mqtt.client_id, ", ".join(READING_SUBSCRIPTIONS))
     stop.wait()
     c.stop()
-
-
-def unique_client_id(prefix: str = "campusmon") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
