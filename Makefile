@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := mosquitto influxdb victoria-metrics postgresql python3-venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test deps venv lint bench clean services-up services-down
+.PHONY: demo test deps venv lint bench soak clean services-up services-down
 
 demo: deps venv ## Start servers, collector, API and a simulated campus (Ctrl-C stops)
 	$(BIN)/campusmon demo -c deploy/campus.yaml
@@ -37,7 +37,10 @@ lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: deps venv ## Ingest, bus, query and alert benchmarks (numbers in README)
-	for b in ingest bus gateway_mem query alerts protocols; do $(BIN)/python bench/$$b.py || exit 1; done
+	for b in ingest parse bus gateway_mem query alerts protocols; do $(BIN)/python bench/$$b.py || exit 1; done
+
+soak: deps venv ## Every fault scaled down, about 7 min (root: a tmpfs for the outbox); --minutes 48 for the full run
+	$(BIN)/python bench/soak.py --minutes 6
 
 services-up: deps venv
 	$(BIN)/campusmon services up -c deploy/campus.yaml

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from api.deps import get_meter
-from api.timeparse import parse_duration, time_range
+from api.auth import identity
+from api.deps import ID_PATTERN, MeterId, errors, get_meter
+from api.timeparse import DURATION_PATTERN, TIME_DOC, TIME_PATTERN, parse_duration, time_range
 from campusmon.quantities import QUANTITIES
 
-router = APIRouter(prefix="/api/v1/meters", tags=["meters"])
+router = APIRouter(prefix="/api/v1/meters", tags=["meters"], responses=errors(422))
 
 MAX_POINTS = 20000
+QuantityName = Enum("QuantityName", {n: n for n in QUANTITIES}, type=str)  # type: ignore[misc]
+_NO_METER = errors(404, e404="the meter is not in the campus registry")
 
 
 def _meter_json(request: Request, meter_id: str) -> dict[str, Any]:
@@ -26,34 +30,36 @@ def _meter_json(request: Request, meter_id: str) -> dict[str, Any]:
     }
 
 
-@router.get("")
+@router.get("", responses=errors(404, e404="the building is not in the campus config"))
 def list_meters(
     request: Request,
-    building: str | None = None,
+    building: str | None = Query(None, pattern=ID_PATTERN, max_length=200),
     kind: Literal["electricity", "water"] | None = None,
-    category: str | None = None,
+    category: str | None = Query(None, max_length=40, description="sub-item code prefix, e.g. 01A"),
 ) -> dict[str, Any]:
     """Meters in the registry, optionally filtered."""
     cfg = request.app.state.cfg
     if building is not None and cfg.building(building) is None:
         raise HTTPException(404, f"building {building!r} is not defined")
+    mine = identity(request)  # a building-limited identity sees only its buildings' meters
     ms = [
         m
         for m in cfg.meters
-        if (building is None or m.building == building)
+        if mine.sees(m.building)
+        and (building is None or m.building == building)
         and (kind is None or m.kind == kind)
         and (category is None or m.category.startswith(category))
     ]
     return {"count": len(ms), "meters": [m.model_dump(mode="json", exclude_none=True) for m in ms]}
 
 
-@router.get("/{meter_id}")
-def meter(request: Request, meter_id: str) -> dict[str, Any]:
+@router.get("/{meter_id}", responses=_NO_METER)
+def meter(request: Request, meter_id: MeterId) -> dict[str, Any]:
     return _meter_json(request, meter_id)
 
 
-@router.get("/{meter_id}/latest")
-def latest(request: Request, meter_id: str) -> dict[str, Any]:
+@router.get("/{meter_id}/latest", responses=_NO_METER | errors(503))
+def latest(request: Request, meter_id: MeterId) -> dict[str, Any]:
     """The newest value of every quantity, each with its own timestamp, in one request."""
     m = get_meter(request, meter_id)
     names = [q.name for q in QUANTITIES.values() if q.kind == m.kind]
@@ -66,21 +72,36 @@ def latest(request: Request, meter_id: str) -> dict[str, Any]:
     return {"meter": meter_id, "latest": out}
 
 
-@router.get("/{meter_id}/readings")
+@router.get(
+    "/{meter_id}/readings",
+    responses=_NO_METER
+    | errors(
+        503,
+        e422="invalid parameter, start not before end, a quantity of the other kind, or too many buckets",
+    ),
+)
 def readings(
     request: Request,
-    meter_id: str,
-    start: str | None = Query(None, description="ISO 8601, date or Unix seconds; default end - 24 h"),
-    end: str | None = Query(None, description="default now"),
-    quantity: list[str] | None = Query(None, description="repeatable; default every quantity of the meter"),
-    every: str | None = Query(None, description="downsample: 15m, 1h, 1d (cumulative: last; rates: mean)"),
+    meter_id: MeterId,
+    start: str | None = Query(None, pattern=TIME_PATTERN, description=TIME_DOC + "; default end - 24 h"),
+    end: str | None = Query(None, pattern=TIME_PATTERN, description=TIME_DOC + "; default now"),
+    quantity: list[QuantityName] | None = Query(  # type: ignore[valid-type]
+        None, description="repeatable; default every quantity of the meter"
+    ),
+    every: str | None = Query(
+        None,
+        pattern=DURATION_PATTERN,
+        description="downsample: 15m, 1h, 1d (cumulative: last; rates: mean)",
+    ),
     limit: int = Query(MAX_POINTS, ge=1, le=MAX_POINTS),
 ) -> dict[str, Any]:
     """Raw or downsampled readings of one meter over a time range."""
     m = get_meter(request, meter_id)
     cfg = request.app.state.cfg
     s, e = time_range(start, end, cfg.site.tz)
-    names = quantity or [q.name for q in QUANTITIES.values() if q.kind == m.kind]
+    names = (
+        [q.value for q in quantity] if quantity else [q.name for q in QUANTITIES.values() if q.kind == m.kind]
+    )
     for n in names:
         q = QUANTITIES.get(n)
         if q is None or q.kind != m.kind:

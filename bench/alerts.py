@@ -42,9 +42,9 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
-def sse_listener(url: str, got: dict[str, float], stop: threading.Event) -> None:
+def sse_listener(url: str, got: dict[str, float], stop: threading.Event, token: str = "") -> None:
     """Record the arrival time of every 'opened' alert by room id."""
-    with httpx.stream("GET", url, timeout=None) as r:
+    with httpx.stream("GET", url, headers={"Authorization": f"Bearer {token}"}, timeout=None) as r:
         data = None
         for line in r.iter_lines():
             if stop.is_set():
@@ -61,8 +61,18 @@ def sse_listener(url: str, got: dict[str, float], stop: threading.Event) -> None
                 data = None
 
 
+def viewer_token(cfg: dict) -> str:
+    from api.auth.service import AuthStore
+    from campusmon.db import init_db
+
+    engine, sessions = init_db(cfg["database"]["url"])
+    raw, _ = AuthStore(sessions).create_token("bench", "viewer")
+    engine.dispose()
+    return raw
+
+
 def instant_latency(trials: int, work: Path) -> dict[str, float]:
-    mq = Mosquitto(work / "mq", free_port()).start()
+    mq = Mosquitto(work / "mq", free_port(), anonymous=True).start()
     influx = InfluxDB(work / "influx", free_port()).start()
     rooms = 20
     api_port = free_port()
@@ -85,6 +95,7 @@ def instant_latency(trials: int, work: Path) -> dict[str, float]:
     path = work / "campus.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "CAMPUSMON_CONFIG": str(path)}
+    token = viewer_token(cfg)  # the stream, like every API route but /healthz, needs an identity
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "campusmon.cli", name, "-c", str(path)],
@@ -111,7 +122,7 @@ def instant_latency(trials: int, work: Path) -> dict[str, float]:
         time.sleep(1.0)
         th = threading.Thread(
             target=sse_listener,
-            args=(f"http://127.0.0.1:{api_port}/api/v1/alerts/stream", got, stop),
+            args=(f"http://127.0.0.1:{api_port}/api/v1/alerts/stream", got, stop, token),
             daemon=True,
         )
         th.start()

@@ -3,7 +3,7 @@
 The simulated bus paces every byte at 11 bits (start, 8 data, even parity, stop) / 2400 baud in
 both directions and answers after the meter turnaround (20 ms, the DL/T 645 minimum Td). It is
 served on TCP like an RS-485 serial server, so parity is a number both sides compute with rather
-than a termios setting (ptys here cannot keep parity, libcheck §5).
+than a termios setting (ptys cannot keep parity, docs/references.md#pty-parity).
 
 Baseline, measured in the same run: the wire-time minimum, i.e. the bytes the simulator actually
 saw on the line (requests with their FE preamble, replies) x 11 bits / 2400. Utilisation = that

@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--interval", type=int, default=5, help="poll interval (s)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gwbench-"))
-    mq = Mosquitto(work / "mq", free_port()).start()
+    mq = Mosquitto(work / "mq", free_port(), anonymous=True).start()
     sims = []
     buses = []
     for b in range(BUSES):

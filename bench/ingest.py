@@ -118,7 +118,9 @@ def bench_raw_influx(url: str, readings: list[Reading], cfg: object) -> float:
     return len(readings) / dt
 
 
-def bench_collector(mq_port: int, influx_port: int, msgs: list[tuple[str, bytes]], n_readings: int, tmp: Path) -> float:
+def bench_collector(
+    mq_port: int, influx_port: int, msgs: list[tuple[str, bytes]], n_readings: int, tmp: Path
+) -> float:
     from collectors.mqtt_collector import MqttCollector
 
     cfg = parse_config({
@@ -162,7 +164,7 @@ def main() -> None:
     readings = [r for _, _, rs in data for r in rs]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        mq = Mosquitto(tmp / "mq", free_port()).start()
+        mq = Mosquitto(tmp / "mq", free_port(), anonymous=True).start()
         ix = InfluxDB(tmp / "ix", free_port()).start()
         cfg = parse_config({"buildings": [{"id": "b"}], "meters": [{"id": f"e{i:03d}", "building": "b",
                             "kind": "electricity", "category": "01A00"} for i in range(N_METERS)]}, environ={})  # fmt: skip
@@ -178,7 +180,9 @@ def main() -> None:
             mq.stop()
             ix.stop()
     a, b, c = (statistics.median(res[k]) for k in "abc")
-    print(f"\n{args.messages:,} messages x {args.per_message} readings = {len(readings):,} readings; median of {args.repeat}")
+    print(
+        f"\n{args.messages:,} messages x {args.per_message} readings = {len(readings):,} readings; median of {args.repeat}"
+    )
     print(f"(a) bare paho subscriber, QoS 1      {a:>10,.0f} readings/s")
     print(f"(b) raw InfluxDB line-protocol write {b:>10,.0f} readings/s")
     print(f"(c) collector end to end             {c:>10,.0f} readings/s")

@@ -7,9 +7,12 @@ file serves a laptop, CI and a campus server.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -72,6 +75,10 @@ class Meter(_Model):
     max_rate: float | None = Field(default=None, gt=0)
     rated_current_a: float | None = Field(default=None, gt=0)
     interval_s: int = Field(default=900, gt=0, description="expected reading interval")
+    gateway: str | None = Field(default=None, description="the gateway that reads this meter, if any")
+    commissioned: date | None = Field(
+        default=None, description="in service from (waste alerts judge it from then)"
+    )
 
     @model_validator(mode="after")
     def _category_fits_kind(self) -> Meter:
@@ -92,6 +99,18 @@ class Mqtt(_Model):
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    ca_certs: str | None = Field(
+        default=None, description="CA of the broker's certificate; default system CAs"
+    )
+    certfile: str | None = Field(
+        default=None, description="client certificate, for require_certificate brokers"
+    )
+    keyfile: str | None = None
+    tls_version: Literal["1.2", "1.3"] = Field(default="1.2", description="lowest TLS version accepted")
+    # The API's own broker identity (alert publishing). A locked broker binds client ids to user
+    # names, so an API logged in as the collector would take over the collector's session.
+    api_username: str | None = None
+    api_password: str | None = None
     keepalive: int = Field(default=30, ge=5)
     client_id: str = "campusmon-collector"
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
@@ -106,14 +125,20 @@ class Influx(_Model):
     url: str = "http://127.0.0.1:8086"
     database: str = "campus"
     retention_policy: str = "autogen"
-    username: str | None = None
+    username: str | None = Field(default=None, description="writes (collectors, HTTP ingest)")
     password: str | None = None
+    # Queries may use a read-only user of their own; unset, they use username/password.
+    read_username: str | None = None
+    read_password: str | None = None
     token: str | None = None
     org: str = "campus"
     bucket: str = "campus"
     timeout_s: float = Field(default=10.0, gt=0)
     create_database: bool = True
     create_dbrp: bool = True
+    max_body_bytes: int = Field(
+        default=5_000_000, gt=0, description="largest write request; bigger batches go as several"
+    )
 
 
 class Database(_Model):
@@ -125,32 +150,117 @@ class Api(_Model):
     port: int = Field(default=8000, ge=1, le=65535)
 
 
+class Auth(_Model):
+    """Identities on the API (docs/security.md). Off only when said so, for benchmarks and tests."""
+
+    enabled: bool = True
+    session_ttl_s: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
+    token_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="how long a token look-up is trusted; a revocation by "
+        "another process (the CLI) takes effect within it",
+    )
+    ops_public_on_loopback: bool = Field(
+        default=True, description="/readyz and /metrics without a token from 127.0.0.1/::1"
+    )
+    cookie_secure: bool = Field(
+        default=False, description="Secure cookies even on plain HTTP (behind a TLS proxy)"
+    )
+    login_max_failures_user: int = Field(default=5, ge=1)
+    login_max_failures_client: int = Field(default=20, ge=1)
+    login_window_s: int = Field(default=300, ge=1)
+
+
+class Gateway(_Model):
+    """A gateway allowed to publish on ``campus/v1/gateways/{id}/readings``."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = ""
+    building: str | None = None
+
+
 class Ingest(_Model):
     max_future_s: int = Field(default=300, ge=0, description="how far ahead of now a timestamp may be")
     min_ts: int = Field(default=946684800, description="earliest accepted timestamp (2000-01-01)")
-    max_payload_bytes: int = Field(default=256 * 1024, gt=0)
+    max_payload_bytes: int = Field(default=256 * 1024, gt=0, le=64 * 1024 * 1024)
+    max_records: int = Field(default=10_000, ge=1, description="records one message may carry")
+    # SenML names that let the unit carry the dimension: {name: {unit: quantity}}, merged over the defaults.
+    aliases: dict[str, dict[str, str]] = {}
+    # Plausible range per quantity, [min, max], replacing the default (docs/wire-format.md).
+    ranges: dict[str, tuple[float, float]] = {}
+    # The dead-letter store is bounded like the gateway outbox: oldest messages go first, counted.
+    deadletter_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    deadletter_max_age_days: float = Field(default=30.0, gt=0)
+    deadletter_records_per_message: int = Field(default=50, ge=1, le=10_000)
+    refusal_log_interval_s: float = Field(
+        default=60.0, ge=0, description="at most one WARNING per reason and topic"
+    )
+
+    @model_validator(mode="after")
+    def _vocabulary(self) -> Ingest:
+        from campusmon.quantities import QUANTITIES, UnitError, convert
+
+        for name, by_unit in self.aliases.items():
+            if name in QUANTITIES:
+                raise ValueError(f"aliases.{name}: already a quantity of the vocabulary")
+            for unit, q in by_unit.items():
+                if q not in QUANTITIES:
+                    raise ValueError(f"aliases.{name}.{unit}: {q!r} is not a quantity")
+                try:
+                    convert(QUANTITIES[q], 1.0, None if unit == "/" else unit)
+                except UnitError as e:
+                    raise ValueError(f"aliases.{name}.{unit}: {e}") from None
+        for q, (lo, hi) in self.ranges.items():
+            if q not in QUANTITIES:
+                raise ValueError(f"ranges.{q}: not a quantity")
+            if not lo < hi:
+                raise ValueError(f"ranges.{q}: min {lo} must be below max {hi}")
+        return self
 
 
 class Services(_Model):
+    """Local servers of ``campusmon services up``; left unset, their ports follow mqtt.port and influxdb.url."""
+
     data_dir: str = "var/services"
     mosquitto_port: int = Field(default=1883, ge=1, le=65535)
     influxdb_port: int = Field(default=8086, ge=1, le=65535)
+    # TLS listener of the local broker; needs certs_dir with ca.crt, broker.crt, broker.key
+    # (`campusmon certs init`). The plain listener stays on loopback.
+    mosquitto_tls_port: int | None = Field(default=None, ge=1, le=65535)
+    mosquitto_tls_host: str = Field(default="0.0.0.0", description="address of the TLS listener")
+    require_certificate: bool = Field(default=False, description="TLS clients log in by certificate CN")
+    certs_dir: str | None = Field(default=None, description="default <data_dir>/certs")
+    influxdb_auth: bool = Field(default=True, description="InfluxDB with users (see docs/security.md)")
+
+
+class Collector(_Model):
+    """Operator's view of the MQTT collector: its own /metrics and a counts line in its log."""
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics; 0 = off")
+    counts_log_s: float = Field(default=60.0, gt=0, description="how often the counts line is logged")
 
 
 class CampusConfig(_Model):
     site: Site = Site()
     buildings: list[Building] = []
     meters: list[Meter] = []
+    gateways: list[Gateway] = []
     registry: Registry = Registry()
     mqtt: Mqtt = Mqtt()
     influxdb: Influx = Influx()
     database: Database = Database()
     api: Api = Api()
+    auth: Auth = Auth()
     ingest: Ingest = Ingest()
     services: Services = Services()
+    collector: Collector = Collector()
     # Sections owned by later capabilities are validated by their own modules.
     accounting: dict[str, Any] = {}
     alerts: dict[str, Any] = {}
+    targets: list[dict[str, Any]] = []  # quotas under version control, loaded by api.alerts.targets_config
 
     @model_validator(mode="after")
     def _references(self) -> CampusConfig:
@@ -163,6 +273,18 @@ class CampusConfig(_Model):
         if dup:
             raise ValueError(f"duplicate meter id(s): {', '.join(sorted(dup))}")
         known = set(ids)
+        gids = [g.id for g in self.gateways]
+        dup = {i for i in gids if gids.count(i) > 1}
+        if dup:
+            raise ValueError(f"duplicate gateway id(s): {', '.join(sorted(dup))}")
+        for i, g in enumerate(self.gateways):
+            if g.building is not None and g.building not in known:
+                raise ValueError(
+                    f"gateways[{i}] ({g.id}): building {g.building!r} is not defined under buildings"
+                )
+        for i, m in enumerate(self.meters):
+            if m.gateway is not None and m.gateway not in gids:
+                raise ValueError(f"meters[{i}] ({m.id}): gateway {m.gateway!r} is not defined under gateways")
         meters = {m.id: m for m in self.meters}
         for i, m in enumerate(self.meters):
             if m.building not in known:
@@ -175,6 +297,15 @@ class CampusConfig(_Model):
                     raise ValueError(f"meters[{i}] ({m.id}): parent {m.parent!r} is not a defined meter")
                 if p.kind != m.kind:
                     raise ValueError(f"meters[{i}] ({m.id}): parent {m.parent!r} is a {p.kind.value} meter")
+        return self
+
+    @model_validator(mode="after")
+    def _services_follow_clients(self) -> CampusConfig:
+        """One source of truth: an unset services port is the port the clients are configured to use."""
+        s = self.services
+        for key, host, port in _client_endpoints(self):
+            if key not in s.model_fields_set and is_loopback(host):
+                setattr(s, key, port)
         return self
 
     # Lookups used on hot paths are built once.
@@ -190,6 +321,51 @@ class CampusConfig(_Model):
             idx = {m.id: m for m in self.meters}
             self.__dict__["_midx"] = idx
         return idx
+
+
+def is_loopback(host: str) -> bool:
+    h = host.strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def _client_endpoints(cfg: CampusConfig) -> list[tuple[str, str, int]]:
+    """(services key, host, port) of what the collector and API connect to."""
+    u = urlsplit(cfg.influxdb.url)
+    try:
+        influx_port = u.port or (443 if u.scheme == "https" else 80)
+    except ValueError:  # a malformed port: nothing to compare
+        return [("mosquitto_port", cfg.mqtt.host, cfg.mqtt.port)]
+    return [
+        ("mosquitto_port", cfg.mqtt.host, cfg.mqtt.port),
+        ("influxdb_port", u.hostname or "", influx_port),
+    ]
+
+
+def service_port_conflicts(cfg: CampusConfig, source: str = "<config>") -> list[str]:
+    """Where services.* and the clients' settings disagree, so ``services up`` starts a server nobody uses.
+
+    Only loopback clients are compared: a remote broker or database is not one ``services up`` starts.
+    """
+    client = {
+        "mosquitto_port": ("Mosquitto", "mqtt.port", str(cfg.mqtt.port)),
+        "influxdb_port": ("InfluxDB", "influxdb.url", cfg.influxdb.url),
+    }
+    out = []
+    for key, host, port in _client_endpoints(cfg):
+        mine = getattr(cfg.services, key)
+        if is_loopback(host) and mine != port:
+            what, ckey, cval = client[key]
+            out.append(
+                f"{source}: services.{key} is {mine} but {ckey} is {cval}: `campusmon services up` would "
+                f"start {what} on port {mine} while the collector and API use whatever listens on "
+                f"{host}:{port}; remove services.{key} (it follows {ckey}) or make the two agree"
+            )
+    return out
 
 
 def _coerce(raw: str) -> Any:
@@ -213,7 +389,8 @@ def apply_env(data: dict[str, Any], environ: dict[str, str] | None = None) -> di
                 nxt = {}
                 node[part] = nxt
             node = nxt
-        node[path[-1]] = _coerce(raw) if path[-1] not in ("password", "token", "username") else raw
+        secret = path[-1].endswith(("password", "token", "username"))  # "0123" stays a string
+        node[path[-1]] = raw if secret else _coerce(raw)
     return data
 
 

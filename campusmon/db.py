@@ -8,7 +8,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, DateTime, Engine, Index, Integer, String, Text, create_engine, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
@@ -21,18 +33,58 @@ def utcnow() -> datetime:
 
 
 class DeadLetter(Base):
-    """A rejected record with its whole raw message, so nothing refused is ever lost."""
+    """A refused message, kept once with the refusals of its records: one row per message, not per record.
 
-    __tablename__ = "dead_letters"
+    ``records`` keeps the first few refusals (reason, detail, record); ``refused`` counts them all, and
+    ``DeadLetterReason`` counts them per reason, so a 5,000-record pack costs one payload, not 5,000.
+    """
+
+    __tablename__ = "dead_letter_messages"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     source: Mapped[str] = mapped_column(String(200))
-    reason: Mapped[str] = mapped_column(String(40), index=True)
+    reason: Mapped[str] = mapped_column(String(40), index=True)  # of the first refused record
     detail: Mapped[str] = mapped_column(Text)
-    record: Mapped[object | None] = mapped_column(JSON, nullable=True)
+    refused: Mapped[int] = mapped_column(Integer, default=1)
+    records: Mapped[object | None] = mapped_column(JSON, nullable=True)
+    payload: Mapped[str] = mapped_column(Text)
+    payload_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)  # what the row costs, for the store's bound
+
+
+class DeadLetterReason(Base):
+    """Refused records of one message per reason: filters and counts without reading payloads."""
+
+    __tablename__ = "dead_letter_reasons"
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("dead_letter_messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    reason: Mapped[str] = mapped_column(String(40), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_dead_letter_reasons_reason_message", "reason", "message_id"),)
+
+
+class GatewayStatus(Base):
+    """The last status a gateway published (retained status or its last will), for alerts to quote."""
+
+    __tablename__ = "gateway_status"
+    gateway: Mapped[str] = mapped_column(String(64), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    state: Mapped[str] = mapped_column(String(40))  # online | offline | ... as the gateway said it
     payload: Mapped[str] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_dead_letters_reason_id", "reason", "id"),)
+
+class DeadLetterDrop(Base):
+    """Messages pruned from the bounded dead-letter store (oldest first), so the loss is counted."""
+
+    __tablename__ = "dead_letter_drops"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    why: Mapped[str] = mapped_column(String(20))  # size | age
+    messages: Mapped[int] = mapped_column(Integer)
+    records: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 def make_engine(url: str) -> Engine:
@@ -58,7 +110,7 @@ def init_db(url: str) -> tuple[Engine, sessionmaker]:
     """Create every table of every capability that is imported, and hand back a session factory."""
     import importlib
 
-    for mod in ("api.accounting.models", "api.alerts.models"):
+    for mod in ("api.accounting.models", "api.alerts.models", "api.auth.models"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -15,6 +15,8 @@ import httpx
 import typer
 
 from campusmon.config import CampusConfig, load_config
+from campusmon.devices import DeviceRegistry
+from campusmon.mqtt import MqttAuth
 from campusmon.services import InfluxDB, Mosquitto, Server, ServiceError, free_port, port_free, wait_port
 from campusmon.wire import COLLECTOR_STATUS_TOPIC, wait_for_status
 
@@ -39,7 +41,29 @@ def _child(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         )
 
 
-def run_demo(config: Path, hours: int, interval: int) -> None:
+def _name(c: subprocess.Popen[bytes]) -> str:
+    return str(c.args[3]) if isinstance(c.args, list) and len(c.args) > 3 else str(c.args)
+
+
+def exited_children(children: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
+    return [c for c in children if c.poll() is not None]
+
+
+class _Stop(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the demo: stopping is what was asked for, not a failure."""
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def run_demo(config: Path, hours: int, interval: int, data_dir: Path = DEMO_DIR) -> None:
+    """Servers, collector, gateway, API and simulated meters; Ctrl-C (or SIGTERM) stops all of it.
+
+    A terminal's Ctrl-C reaches every child too, so children exiting while the demo stops are
+    expected. The handlers are installed explicitly: a demo started from a script inherits SIGINT
+    ignored, and would otherwise only notice its collector leaving.
+    """
     base = load_config(config)
     if hours < RULE_HISTORY_H:
         typer.secho(
@@ -51,41 +75,58 @@ def run_demo(config: Path, hours: int, interval: int) -> None:
         "mqtt": _port(base.services.mosquitto_port),
         "influx": _port(base.services.influxdb_port),
         "api": _port(base.api.port),
+        "collector_metrics": free_port(),
+        "gateway_metrics": free_port(),
     }
-    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(
         {
             "CAMPUSMON_CONFIG": str(config),
             "CAMPUSMON_MQTT__PORT": str(ports["mqtt"]),
             "CAMPUSMON_INFLUXDB__URL": f"http://127.0.0.1:{ports['influx']}",
+            "CAMPUSMON_SERVICES__MOSQUITTO_PORT": str(ports["mqtt"]),
+            "CAMPUSMON_SERVICES__INFLUXDB_PORT": str(ports["influx"]),
             "CAMPUSMON_API__PORT": str(ports["api"]),
-            "CAMPUSMON_DATABASE__URL": f"sqlite:///{DEMO_DIR}/campus.sqlite",
-            "CAMPUSMON_SERVICES__DATA_DIR": str(DEMO_DIR / "services"),
+            "CAMPUSMON_COLLECTOR__METRICS_PORT": str(ports["collector_metrics"]),
+            "CAMPUSMON_DATABASE__URL": f"sqlite:///{data_dir}/campus.sqlite",
+            "CAMPUSMON_SERVICES__DATA_DIR": str(data_dir / "services"),
             "CAMPUSMON_ALERTS__SCHEDULE__INTERVAL_S": "60",  # window rules every minute, so alerts show quickly
         }
     )
     cfg = load_config(config, env)
     servers: list[Server] = [
-        Mosquitto(DEMO_DIR / "mosquitto", ports["mqtt"]),
-        InfluxDB(DEMO_DIR / "influxdb", ports["influx"]),
+        Mosquitto(data_dir / "mosquitto", ports["mqtt"]),
+        InfluxDB(data_dir / "influxdb", ports["influx"], auth=True, databases=(cfg.influxdb.database,)),
     ]
+    creds = demo_identities(cfg, DeviceRegistry(servers[0].data_dir))
+    env.update(
+        {
+            "CAMPUSMON_MQTT__USERNAME": creds["collector"].username or "",
+            "CAMPUSMON_MQTT__PASSWORD": creds["collector"].password or "",
+            "CAMPUSMON_MQTT__API_USERNAME": creds["api"].username or "",
+            "CAMPUSMON_MQTT__API_PASSWORD": creds["api"].password or "",
+        }
+    )
     children: list[subprocess.Popen[bytes]] = []
     cleanup: list[object] = []
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for s in servers:
             typer.echo(f"starting {s.name} on 127.0.0.1:{s.port} …")
-            s.start()
-        children.append(_child(["collector"], env, DEMO_DIR / "collector.log"))
+            # A session of their own: Ctrl-C stops the clients first, then the servers they write to.
+            s.start(detach=True)
+        env.update(servers[1].client_env())  # the writer and reader the demo's InfluxDB was given
+        cfg = load_config(config, env)
+        children.append(_child(["collector"], env, data_dir / "collector.log"))
         status = COLLECTOR_STATUS_TOPIC.format(client_id=cfg.mqtt.client_id)
-        if not wait_for_status("127.0.0.1", ports["mqtt"], status, "online", 30):
-            raise ServiceError(f"the collector did not come online; see {DEMO_DIR}/collector.log")
+        if not wait_for_status("127.0.0.1", ports["mqtt"], status, "online", 30, auth=creds["monitor"]):
+            raise ServiceError(f"the collector did not come online; see {data_dir}/collector.log")
         from firmware_sim.mqtt_meters import MqttFleet
         from firmware_sim.profiles import sim_meters_for
 
-        gw_meters = _start_gateway(env, ports["mqtt"], children, cleanup)
+        gw_meters = _start_gateway(env, ports, children, cleanup, data_dir, creds["gateway"])
         fleet = MqttFleet(
             [m for m in sim_meters_for(cfg, 1) if m.id not in gw_meters],
             "127.0.0.1",
@@ -95,6 +136,7 @@ def run_demo(config: Path, hours: int, interval: int) -> None:
             flat_share=0.2,
             fault_rate=0.002,
             client_id="campusmon-demo-sim",
+            auth=creds["sim"],
         )
         now = int(time.time())
         steps = hours * 4
@@ -110,9 +152,10 @@ def run_demo(config: Path, hours: int, interval: int) -> None:
         # Rules judge what is stored: start the API (and its window rules) only once the history
         # is in InfluxDB and the gateway's meters have answered, or every meter looks silent.
         typer.echo("waiting for the collector to store the history and the gateway's first poll …")
-        _wait_stored(cfg, fleet.meters[-1].id, now - 60 - 900, stop)
-        _wait_stored(cfg, sorted(gw_meters)[0], now - 120, stop)
-        children.append(_child(["api"], env, DEMO_DIR / "api.log"))
+        _wait_stored(cfg, fleet.meters[-1].id, now - 60 - 900, stop, children, data_dir)
+        _wait_stored(cfg, sorted(gw_meters)[0], now - 120, stop, children, data_dir)
+        logins = demo_logins(cfg)
+        children.append(_child(["api"], env, data_dir / "api.log"))
         wait_port(ports["api"], 30, children[-1])
         fleet.interval_s = interval
         live = threading.Thread(target=fleet.follow, args=(stop,), daemon=True)
@@ -123,7 +166,7 @@ def run_demo(config: Path, hours: int, interval: int) -> None:
             t.start()
         api = f"http://127.0.0.1:{ports['api']}"
         m = cfg.meters[0].id
-        _wait_for_data(api, m, stop)
+        _wait_for_data(api, m, stop, headers={"Authorization": f"Bearer {logins['operator token']}"})
         typer.echo(f"""
 Campus energy monitor demo is running ({len(cfg.buildings)} buildings, {len(cfg.meters)} meters).
   API docs          {api}/docs
@@ -134,45 +177,150 @@ Campus energy monitor demo is running ({len(cfg.buildings)} buildings, {len(cfg.
   consumption       {api}/api/v1/consumption?scope=campus&period=hour
   monthly report    {api}/api/v1/reports/monthly?format=html
   rejected payloads {api}/api/v1/ingest/rejections
-  metrics           {api}/metrics
+  metrics           API {api}/metrics   collector http://127.0.0.1:{ports["collector_metrics"]}/metrics
+                    gateway http://127.0.0.1:{ports["gateway_metrics"]}/metrics
   MQTT broker       127.0.0.1:{ports["mqtt"]}   InfluxDB http://127.0.0.1:{ports["influx"]} (db {cfg.influxdb.database})
+{credentials_text(creds, servers[1])}
+{logins_text(logins, api)}
 Administration Hall: {len(gw_meters)} meters on a simulated RS-485 bus (DL/T 645, CJ/T 188, Modbus RTU),
   read every 30 s by a building gateway (campus/v1/gateways/gw-admin-hall/status).
 Injected waste: {waste}; a dorm kettle switches on in 30 s.
-Logs in {DEMO_DIR}/. Press Ctrl-C to stop.""")
+Logs in {data_dir}/. Press Ctrl-C to stop.""")
         while not stop.wait(1):
-            for c in children:
-                if c.poll() is not None:
-                    typer.secho(
-                        f"a child process exited ({c.args[3:]} code {c.returncode}); see {DEMO_DIR}/*.log",
-                        fg="red",
-                    )
-                    stop.set()
+            gone = exited_children(children)
+            if gone:
+                raise ServiceError(
+                    "; ".join(f"{_name(c)} exited unexpectedly (code {c.returncode})" for c in gone)
+                    + f"; see {data_dir}/*.log"
+                )
+    except _Stop as e:
+        typer.echo(f"\n{e.args[0] if e.args else 'signal'} received: stopping the demo …")
     except KeyboardInterrupt:
-        pass
+        typer.echo("\ninterrupted: stopping the demo …")
     except ServiceError as e:
         typer.secho(str(e), err=True, fg="red")
     finally:
+        for s in previous:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(s, signal.SIG_IGN)
         stop.set()
         typer.echo("stopping …")
         for c in reversed(children):
-            c.send_signal(signal.SIGINT)
+            if c.poll() is None:
+                c.send_signal(signal.SIGINT)
         for c in children:
             try:
                 c.wait(20)
             except subprocess.TimeoutExpired:
+                typer.echo(f"{_name(c)} did not stop within 20 s; killing it")
                 c.kill()
+                c.wait(5)
         for obj in cleanup:
             obj.stop()  # type: ignore[attr-defined]
         for s in reversed(servers):
             s.stop()
+        for sig, h in previous.items():
+            signal.signal(sig, h)
         typer.echo("stopped.")
 
 
+DEMO_SIM = "campusmon-demo-sim"
+
+
+def demo_identities(cfg: CampusConfig, reg: DeviceRegistry) -> dict[str, MqttAuth]:
+    """Broker credentials of the demo's processes, fresh each run (passwords are never stored).
+
+    The simulated meters share one uplink, so they log in as one head-end allowed exactly their
+    meters' topics; the gateway, collector and API have their own, and the demo's own status
+    checks use a read-only monitor, so none borrows another's identity (and client id).
+    """
+    import yaml
+
+    gw_id = yaml.safe_load(DEMO_GATEWAY.read_text())["gateway"]["id"]
+    gw_meters = {m.id for m in cfg.meters if m.gateway == gw_id}
+    wanted = {
+        "collector": (cfg.mqtt.client_id, "collector", []),
+        "api": ("campusmon-api", "api", []),
+        "monitor": ("campusmon-demo-monitor", "monitor", []),
+        "gateway": (gw_id, "gateway", []),
+        "sim": (DEMO_SIM, "meter", sorted(m.id for m in cfg.meters if m.id not in gw_meters)),
+    }
+    out = {}
+    for role, (name, kind, meters) in wanted.items():
+        if reg.get(name) is not None:
+            reg.revoke(name)
+        out[role] = MqttAuth(name, reg.add(name, kind, meters))
+    return out
+
+
+DEMO_LOGINS = (("demo-admin", "admin"), ("demo-operator", "operator"))
+
+
+def demo_logins(cfg: CampusConfig) -> dict[str, str]:
+    """API logins of the demo, with fresh passwords each run, and an operator token (docs/security.md).
+
+    The demo's store outlives a run, so existing demo users get a new password and old demo tokens
+    are revoked: nothing printed by an earlier run keeps working.
+    """
+    import secrets
+
+    from api.auth.service import AuthError, AuthStore
+    from campusmon.db import init_db
+
+    engine, sessions = init_db(cfg.database.url)
+    store = AuthStore(sessions, ttl=0)
+    out: dict[str, str] = {}
+    try:
+        for name, role in DEMO_LOGINS:
+            pw = secrets.token_urlsafe(12)
+            try:
+                store.add_user(name, pw, role)
+            except AuthError:
+                store.update_user(name, password=pw, role=role, disabled=False)
+            out[name] = pw
+        for t in store.tokens():
+            if t["name"] == "demo-operator" and not t["revoked_at"]:
+                store.revoke_token(t["id"])
+        out["operator token"], _ = store.create_token("demo-operator", "operator", created_by="demo")
+    finally:
+        engine.dispose()
+    return out
+
+
+def logins_text(logins: dict[str, str], api: str) -> str:
+    lines = ["API logins (every route but /healthz needs one; these change every run):"]
+    for name, role in DEMO_LOGINS:
+        lines.append(f"  {role:<17} user {name}  password {logins[name]}  (POST {api}/api/v1/auth/login)")
+    lines.append(f"  operator token    {logins['operator token']}")
+    lines.append(f"  try: curl -H 'Authorization: Bearer {logins['operator token']}' {api}/api/v1/alerts")
+    return "\n".join(lines)
+
+
+def credentials_text(creds: dict[str, MqttAuth], influx: InfluxDB) -> str:
+    lines = ["Broker logins (anonymous access is refused; these change every run):"]
+    for role, a in creds.items():
+        lines.append(f"  {role:<17} user {a.username}  password {a.password}")
+    for role, (u, p) in sorted(influx.users().items()):
+        lines.append(f"  influxdb {role:<8} user {u}  password {p}")
+    return "\n".join(lines)
+
+
+def _check_children(children: list[subprocess.Popen[bytes]], data_dir: Path) -> None:
+    gone = exited_children(children)
+    if gone:
+        c = gone[0]
+        raise ServiceError(f"{_name(c)} exited (code {c.returncode}); see {data_dir}/{_name(c)}.log")
+
+
 def _wait_stored(
-    cfg: CampusConfig, meter: str, since: int, stop: threading.Event, timeout: float = 180
+    cfg: CampusConfig,
+    meter: str,
+    since: int,
+    stop: threading.Event,
+    children: list[subprocess.Popen[bytes]],
+    data_dir: Path,
+    timeout: float = 180,
 ) -> None:
-    """Until InfluxDB holds a reading of ``meter`` at or after ``since``."""
+    """Until InfluxDB holds a reading of ``meter`` at or after ``since``; a child that dies ends the wait."""
     from campusmon.influx import StoreUnavailable, open_store
 
     m = cfg.meter(meter)
@@ -181,6 +329,7 @@ def _wait_stored(
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and not stop.is_set():
+            _check_children(children, data_dir)
             try:
                 q = f'SELECT last("{field}") FROM "{m.kind.value if m else "electricity"}" WHERE "meter" = $m'
                 series = store.query(q, {"m": meter})
@@ -193,11 +342,15 @@ def _wait_stored(
         store.close()
 
 
-def _wait_for_data(api: str, meter: str, stop: threading.Event, timeout: float = 60) -> None:
+def _wait_for_data(
+    api: str, meter: str, stop: threading.Event, timeout: float = 60, headers: dict[str, str] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
         try:
-            r = httpx.get(f"{api}/api/v1/meters/{meter}/readings", params={"every": "1h"}, timeout=5)
+            r = httpx.get(
+                f"{api}/api/v1/meters/{meter}/readings", params={"every": "1h"}, headers=headers, timeout=5
+            )
             if r.status_code == 200 and r.json()["count"] > 0:
                 return
         except httpx.HTTPError:
@@ -255,7 +408,9 @@ DEMO_BUS = Path("deploy/demo-bus.yaml")
 DEMO_GATEWAY = Path("deploy/demo-gateway.yaml")
 
 
-def _start_gateway(env: dict[str, str], mqtt_port: int, children: list, cleanup: list) -> set[str]:
+def _start_gateway(
+    env: dict[str, str], ports: dict[str, int], children: list, cleanup: list, data_dir: Path, auth: MqttAuth
+) -> set[str]:
     """Serve the hall's simulated bus on loopback TCP and run a real gateway process against it."""
     import yaml
 
@@ -266,12 +421,16 @@ def _start_gateway(env: dict[str, str], mqtt_port: int, children: list, cleanup:
     url = serve(bus, tcp=f"127.0.0.1:{free_port()}")[0]
     cleanup.append(bus)
     gw = yaml.safe_load(DEMO_GATEWAY.read_text())
-    gw["mqtt"]["port"] = mqtt_port
-    gw["gateway"]["data_dir"] = str(DEMO_DIR / "gateway")
+    gw["mqtt"]["port"] = ports["mqtt"]
+    gw["mqtt"]["username"], gw["mqtt"]["password"] = auth.username, auth.password
+    gw["gateway"]["data_dir"] = str(data_dir / "gateway")
+    gw.setdefault("health", {})["prometheus_port"] = ports["gateway_metrics"]
     gw["buses"][0]["port"] = url
-    path = DEMO_DIR / "gateway.yaml"
-    path.write_text(yaml.safe_dump(gw, sort_keys=False))
+    path = data_dir / "gateway.yaml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the gateway's password
+    with os.fdopen(fd, "w") as fh:
+        fh.write(yaml.safe_dump(gw, sort_keys=False))
     # A field gateway has an environment of its own; the campus-side overrides are not for it.
     gw_env = {k: v for k, v in env.items() if not k.startswith("CAMPUSMON_")}
-    children.append(_child(["gateway", "-c", str(path)], gw_env, DEMO_DIR / "gateway.log"))
+    children.append(_child(["gateway", "-c", str(path)], gw_env, data_dir / "gateway.log"))
     return {m["id"] for b in gw["buses"] for m in b["meters"]}

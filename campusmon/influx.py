@@ -6,15 +6,15 @@ Schema (docs/influxdb-schema.md): measurement = meter kind (``electricity`` | ``
 reading overwrites itself instead of doubling.
 
 - ``v1``: HTTP ``/write`` with line protocol (InfluxDB 1.x, InfluxDB 3 Core's v1 endpoint).
-- ``v2``: influxdb-client's batching ``WriteApi`` (InfluxDB 2.x, Cloud).
+- ``v2``: HTTP ``/api/v2/write`` with the same line protocol (InfluxDB 2.x, Cloud, 1.8+).
 Reads are InfluxQL over ``/query``, which 1.x, 2.x (DBRP mapping) and 3.x all serve.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -115,6 +115,9 @@ class _InfluxQL:
         self.http = httpx.Client(
             base_url=cfg.url.rstrip("/"), timeout=cfg.timeout_s, headers=headers, auth=auth
         )
+        # Reads may go as a read-only user of their own (influxdb.read_username).
+        ru = getattr(cfg, "read_username", None)
+        self.read_auth = httpx.BasicAuth(ru, cfg.read_password or "") if ru else None
 
     def query(
         self, q: str, params: dict[str, Any] | None = None, chunked: bool = False
@@ -136,7 +139,8 @@ class _InfluxQL:
             args["chunk_size"] = "20000"
         method = "POST" if re.match(r"\s*(CREATE|DROP|ALTER|DELETE|GRANT|REVOKE)", q, re.I) else "GET"
         try:
-            resp = self.http.request(method, "/query", params=args)
+            auth = {"auth": self.read_auth} if method == "GET" and self.read_auth else {}
+            resp = self.http.request(method, "/query", params=args, **auth)
         except httpx.HTTPError as e:
             raise StoreUnavailable(f"influxdb query failed: {e}") from e
         if resp.status_code >= 500:
@@ -172,8 +176,9 @@ class _InfluxQL:
         return out
 
     def ping(self) -> bool:
+        """Health probe (1.x and 2.x both serve /ping); short, so a hung server cannot stall a retry loop."""
         try:
-            return self.http.get("/ping").status_code in (200, 204)
+            return self.http.get("/ping", timeout=min(2.0, self.cfg.timeout_s)).status_code in (200, 204)
         except httpx.HTTPError:
             return False
 
@@ -181,7 +186,115 @@ class _InfluxQL:
         self.http.close()
 
 
-class V1Store(_InfluxQL):
+def _chunks(lines: Sequence[str], max_bytes: int) -> list[tuple[int, int]]:
+    """Index ranges of ``lines`` whose joined body stays within ``max_bytes`` (a longer line goes alone)."""
+    out: list[tuple[int, int]] = []
+    lo, size = 0, 0
+    for i, line in enumerate(lines):
+        n = len(line.encode()) + 1
+        if i > lo and size + n > max_bytes:
+            out.append((lo, i))
+            lo, size = i, 0
+        size += n
+    if lo < len(lines):
+        out.append((lo, len(lines)))
+    return out
+
+
+class _LineWriter(_InfluxQL):
+    """Line-protocol writes over HTTP, one request per piece, shared by both back-ends.
+
+    Every ``write`` builds its own outcome from its own responses, so concurrent callers (the HTTP
+    ingest thread pool) never see each other's progress or errors. A batch is sent in pieces of at
+    most ``max_body_bytes``. A piece the server refuses as too large (413) or refuses without saying
+    which lines (400/422) is halved until the refused lines stand alone: what fits is stored and
+    what cannot be stored comes back as rejected, with the server's reason, for the dead-letter store.
+    Only trouble that may pass (connection errors, 5xx, 429, authentication, a missing database or
+    bucket) raises StoreUnavailable; re-sending what a failed call already stored only overwrites it.
+    """
+
+    path = "/write"
+    tags: TagLookup
+
+    def write_params(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def write(self, readings: Sequence[Reading]) -> WriteOutcome:
+        if not readings:
+            return WriteOutcome()
+        lines = [to_line(r, self.tags) for r in readings]
+        return self.write_lines(lines, readings)
+
+    def write_lines(self, lines: list[str], readings: Sequence[Reading]) -> WriteOutcome:
+        out = WriteOutcome()
+        params = self.write_params()
+        for lo, hi in _chunks(lines, self.cfg.max_body_bytes):
+            self._send(lines, readings, lo, hi, params, out)
+        return out
+
+    def _send(
+        self,
+        lines: list[str],
+        readings: Sequence[Reading],
+        lo: int,
+        hi: int,
+        params: dict[str, str],
+        out: WriteOutcome,
+    ) -> None:
+        body = "\n".join(lines[lo:hi]).encode()
+        status, text = self._post(body, params)
+        if status in (200, 204):
+            out.stored += hi - lo
+            return
+        if status == 404 and "database not found" in text and self.cfg.create_database:
+            self.ensure_database()
+            raise StoreUnavailable("influxdb database was missing; created it, retrying")
+        if status in (400, 422):
+            # A partial write: the good lines are stored. Keep the refused ones, named by the server.
+            bad = attribute_partial_write(text, lines[lo:hi])
+            if bad is not None:
+                out.stored += hi - lo - len(bad)
+                out.rejected.extend((readings[lo + i], bad[i]) for i in sorted(bad))
+                return
+            why = f"influxdb refused the line (HTTP {status}): {text[:300]}"
+        elif status == 413:
+            why = (
+                f"influxdb refused the line as too large (HTTP 413, {len(body)} bytes; "
+                f"raise the server's max-body-size): {text[:200]}"
+            )
+        else:
+            raise StoreUnavailable(f"influxdb write: HTTP {status}: {text[:200]}")
+        if hi - lo == 1:
+            out.rejected.append((readings[lo], why))
+            return
+        log.warning(
+            "influxdb write: HTTP %s for %d lines; splitting the request: %s", status, hi - lo, text[:200]
+        )
+        mid = (lo + hi) // 2
+        self._send(lines, readings, lo, mid, params, out)
+        self._send(lines, readings, mid, hi, params, out)
+
+    def _post(self, body: bytes, params: dict[str, str]) -> tuple[int, str]:
+        """One write request: (HTTP status, the server's error text); StoreUnavailable if unanswered."""
+        try:
+            resp = self.http.post(self.path, params=params, content=body)
+        except httpx.HTTPError as e:
+            raise StoreUnavailable(f"influxdb write failed: {type(e).__name__}: {e}") from e
+        return resp.status_code, "" if resp.status_code in (200, 204) else _error_text(resp)
+
+
+def _error_text(resp: httpx.Response) -> str:
+    """The server's error message: 1.x says ``error``, 2.x says ``message``."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("message") or resp.text)
+    return resp.text
+
+
+class V1Store(_LineWriter):
     """InfluxDB 1.x HTTP API (and 3.x's v1-compatible endpoint)."""
 
     def __init__(self, cfg: Influx, tags: TagLookup) -> None:
@@ -194,95 +307,54 @@ class V1Store(_InfluxQL):
         if self.cfg.create_database:
             self.query(f'CREATE DATABASE "{self.cfg.database}"')
 
-    def write(self, readings: Sequence[Reading]) -> WriteOutcome:
-        if not readings:
-            return WriteOutcome()
-        lines = [to_line(r, self.tags) for r in readings]
-        return self.write_lines(lines, readings)
-
-    def write_lines(self, lines: list[str], readings: Sequence[Reading]) -> WriteOutcome:
+    def write_params(self) -> dict[str, str]:
         params = {"db": self.cfg.database, "precision": "s"}
         if self.cfg.retention_policy:
             params["rp"] = self.cfg.retention_policy
-        try:
-            resp = self.http.post("/write", params=params, content="\n".join(lines).encode())
-        except httpx.HTTPError as e:
-            raise StoreUnavailable(f"influxdb write failed: {type(e).__name__}: {e}") from e
-        if resp.status_code == 204:
-            return WriteOutcome(stored=len(lines))
-        try:
-            text = str(resp.json().get("error", resp.text))
-        except ValueError:
-            text = resp.text
-        if resp.status_code == 404 and "database not found" in text and self.cfg.create_database:
-            self.ensure_database()
-            raise StoreUnavailable("influxdb database was missing; created it, retrying")
-        if resp.status_code in (400, 422):
-            # A partial write: the good lines are stored. Never re-send them; keep the bad ones.
-            bad = attribute_partial_write(text, lines)
-            if bad is None:
-                why = f"influxdb refused the batch (HTTP {resp.status_code}): {text[:300]}"
-                return WriteOutcome(0, [(r, why) for r in readings])
-            return WriteOutcome(len(lines) - len(bad), [(readings[i], bad[i]) for i in sorted(bad)])
-        raise StoreUnavailable(f"influxdb write: HTTP {resp.status_code}: {text[:200]}")
+        return params
 
 
-class V2Store(_InfluxQL):
-    """InfluxDB 2.x/Cloud through influxdb-client's batching WriteApi.
+class V2Store(_LineWriter):
+    """InfluxDB 2.x/Cloud through influxdb-client: its synchronous WriteApi (token, org, bucket).
 
-    A collector batch is handed over whole and ``write`` returns only once the client's callbacks
-    report every line written (or failed after the client's own retries), so acks stay after-write.
+    Synchronous, not batching: each call is its own request, answered before ``write`` returns, so
+    acks stay after-write and one caller's outcome is never another's (the batching WriteApi keeps
+    progress on the shared instance). Retries are the caller's: the client's own are switched off.
     """
 
     def __init__(self, cfg: Influx, tags: TagLookup) -> None:
-        from influxdb_client import InfluxDBClient, WriteOptions
+        from influxdb_client import InfluxDBClient
 
         super().__init__(cfg, {"Authorization": f"Token {cfg.token}"} if cfg.token else {}, None)
         self.tags = tags
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
         self.client = InfluxDBClient(
-            url=cfg.url, token=cfg.token or "", org=cfg.org, timeout=int(cfg.timeout_s * 1000)
+            url=cfg.url, token=cfg.token or "", org=cfg.org, timeout=int(cfg.timeout_s * 1000), retries=False
         )
-        self._lock = threading.Condition()
-        self._done = 0
-        self._error: str | None = None
-        self._rejected: list[str] = []
-        opts = WriteOptions(
-            batch_size=5000,
-            flush_interval=100,
-            retry_interval=500,
-            max_retries=3,
-            max_retry_delay=5000,
-            max_retry_time=15000,
-            exponential_base=2,
-        )
-        self.write_api = self.client.write_api(
-            write_options=opts,
-            success_callback=self._ok,
-            error_callback=self._err,
-            retry_callback=self._retry,
-        )
+        self.write_api = self.client.write_api(write_options=SYNCHRONOUS)
 
-    def _count(self, data: Any) -> int:
-        body = data.decode() if isinstance(data, bytes) else str(data)
-        return body.count("\n") + 1 if body else 0
+    def write_params(self) -> dict[str, str]:
+        return {}
 
-    def _ok(self, _conf: Any, data: Any) -> None:
-        with self._lock:
-            self._done += self._count(data)
-            self._lock.notify_all()
+    def _post(self, body: bytes, params: dict[str, str]) -> tuple[int, str]:
+        from influxdb_client import WritePrecision
+        from influxdb_client.rest import ApiException
+        from urllib3.exceptions import HTTPError as Urllib3Error
 
-    def _err(self, _conf: Any, data: Any, exc: Exception) -> None:
-        status = getattr(exc, "status", None)
-        with self._lock:
-            if status is not None and 400 <= int(status) < 500 and int(status) != 429:
-                self._rejected.append(f"influxdb refused the batch (HTTP {status}): {str(exc)[:200]}")
-                self._done += self._count(data)
-            else:
-                self._error = f"influxdb v2 write failed: {type(exc).__name__}: {str(exc)[:200]}"
-            self._lock.notify_all()
-
-    def _retry(self, _conf: Any, _data: Any, exc: Exception) -> None:
-        log.warning("influxdb v2 write retrying: %s", exc)
+        try:
+            self.write_api.write(self.cfg.bucket, self.cfg.org, body, write_precision=WritePrecision.S)
+        except ApiException as e:
+            text = e.body.decode(errors="replace") if isinstance(e.body, bytes) else str(e.body or e.reason)
+            try:
+                parsed = json.loads(text)
+                text = str(parsed.get("message") or parsed.get("error") or text)
+            except (ValueError, AttributeError):
+                pass
+            return int(e.status or 0), text
+        except (Urllib3Error, OSError) as e:
+            raise StoreUnavailable(f"influxdb write failed: {type(e).__name__}: {e}") from e
+        return 204, ""
 
     def ensure_database(self) -> None:
         """Map database/rp to the bucket so InfluxQL reads work (best effort: not every server has DBRP)."""
@@ -312,26 +384,10 @@ class V2Store(_InfluxQL):
         except Exception as e:
             log.warning("could not create the DBRP mapping for InfluxQL reads: %s", e)
 
-    def write(self, readings: Sequence[Reading]) -> WriteOutcome:
-        if not readings:
-            return WriteOutcome()
-        lines = [to_line(r, self.tags) for r in readings]
-        with self._lock:
-            self._done, self._error, self._rejected = 0, None, []
-        self.write_api.write(bucket=self.cfg.bucket, org=self.cfg.org, record=lines, write_precision="s")
-        with self._lock:
-            ok = self._lock.wait_for(lambda: self._error is not None or self._done >= len(lines), timeout=60)
-            if self._error is not None or not ok:
-                raise StoreUnavailable(self._error or "influxdb v2 write timed out")
-            if self._rejected:
-                return WriteOutcome(0, [(r, self._rejected[0]) for r in readings])
-        return WriteOutcome(stored=len(lines))
-
     def close(self) -> None:
         try:
-            self.write_api.close()
-        finally:
             self.client.close()
+        finally:
             super().close()
 
 

@@ -24,10 +24,28 @@ def sim_mqtt(
     fault_rate: Annotated[
         float, typer.Option(help="chance per message of also sending a faulty payload")
     ] = 0.0,
+    memory: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="reading sets each meter keeps while the broker is unreachable (its load-profile "
+            "memory); when full the oldest is dropped and counted",
+        ),
+    ] = 2880,
     seed: int = 0,
+    username: Annotated[
+        str | None,
+        typer.Option(
+            help="broker identity of the simulated meters (`campusmon devices add NAME --meters ...`)"
+        ),
+    ] = None,
+    password: Annotated[
+        str | None, typer.Option(envvar="CAMPUSMON_SIM_PASSWORD", help="its password")
+    ] = None,
 ) -> None:
     """Simulated electricity and water meters with realistic load profiles by building type."""
     from campusmon.cli import config_or_exit
+    from campusmon.mqtt import MqttAuth
     from firmware_sim.mqtt_meters import MqttFleet
     from firmware_sim.profiles import sim_meters_for
 
@@ -41,6 +59,9 @@ def sim_mqtt(
         flat_share,
         fault_rate,
         client_id=f"campusmon-sim-{seed}",
+        memory=memory,
+        # The collector's own identity is not borrowed: on a locked broker it would disconnect it.
+        auth=MqttAuth.of(cfg.mqtt, username, password) if username else MqttAuth.of(cfg.mqtt, ""),
     )
     now = int(time.time())
     if backfill > 0:
@@ -58,6 +79,10 @@ def sim_mqtt(
     except KeyboardInterrupt:
         pass
     finally:
-        fleet.close()
+        if not fleet.close(timeout=30):
+            typer.echo("the broker did not take every kept reading within 30 s; the rest is lost")
+        dropped = sum(fleet.dropped.values())
+        if dropped:
+            typer.echo(f"reading sets dropped from full meter memories: {dropped}")
         if fleet.faults_sent:
             typer.echo(f"faulty payloads sent: {fleet.faults_sent}")

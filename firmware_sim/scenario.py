@@ -36,6 +36,7 @@ ROOM_PEAK_W = 300.0
 ROOM_INTERVAL_S = 60
 MAIN_INTERVAL_S = 900
 SATURDAY = date(2024, 1, 6)  # any Saturday: vacation days borrow its load shape
+WEDNESDAY = date(2024, 1, 3)  # make-up workdays borrow a weekday's shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,13 @@ class WasteEvent:
     also: tuple[str, ...] = ()  # other rules the event may legitimately trigger on its subjects
     offline: bool = False
     mirror: tuple[str, ...] = ()  # meters upstream that see the same extra (a sub-meter's parent)
+    # When the extra is on, if not the whole of start..end (taps left running on three nights).
+    spans: tuple[tuple[int, int], ...] = ()
+
+    def active(self, t: int) -> bool:
+        if self.spans:
+            return any(a <= t < b for a, b in self.spans)
+        return self.start <= t < self.end
 
     def related(self, rule: str, subject: str, first_seen: int, grace_s: int) -> bool:
         return (
@@ -73,6 +81,9 @@ class Scenario:
     end: int
     seed: int = 7
     targets: list[dict[str, Any]] = field(default_factory=list)
+    # The simulated load follows the calendar: a building open at weekends but closed on a holiday
+    # rests at its night base load that day, and a make-up workday runs a weekday.
+    calendar_days: bool = False
 
     @property
     def history_start(self) -> int:
@@ -102,10 +113,23 @@ class ScenarioMeter(SimMeter):
     """A simulated meter that knows the campus calendar: on vacation and holidays its building runs a weekend day."""
 
     holiday_like: Callable[[date], bool] | None = None
+    # The local time whose load a closed holiday borrows (None: not such a day).
+    closed_like: Callable[[datetime], datetime | None] | None = None
+    working_weekend: Callable[[date], bool] | None = None
     room_start: int = 0
 
     def rate_at(self, ts: int) -> float:
         local = datetime.fromtimestamp(ts, self.tz)
+        if self.building_type != "dorm":
+            like = self.closed_like(local) if self.closed_like is not None else None
+            if like is None and self.working_weekend is not None and self.working_weekend(local.date()):
+                like = datetime.combine(WEDNESDAY, local.time())
+            if like is not None:
+                jitter = 1.0 + self.noise * (self._rng.random() * 2 - 1)
+                return (
+                    max(0.0, self.peak * shape(self.kind, self.building_type, like) * jitter)
+                    + self.extra_load
+                )
         if self.holiday_like is None or self.building_type == "dorm" or not self.holiday_like(local.date()):
             return super().rate_at(ts)
         as_weekend = datetime.combine(SATURDAY, local.time())
@@ -199,7 +223,8 @@ def campus_week(week_start: date, tz_name: str = "Asia/Shanghai") -> Scenario:
             ("leak.night_flow",),
             at(2, 7),
             ("w-lab-1",),
-            ("leak.continuous_flow", "spike.baseline", "leak.balance"),
+            # Water flowing in the empty lab at night is also after-hours use.
+            ("leak.continuous_flow", "spike.baseline", "leak.balance", "after_hours.water"),
         ),
         WasteEvent(
             "running toilet in teaching building 1",
@@ -298,9 +323,166 @@ def quiet_month(week_start: date, tz_name: str = "Asia/Shanghai") -> Scenario:
     )
 
 
+def term_end(week_start: date, tz_name: str = "Asia/Shanghai") -> Scenario:
+    """Three weeks across the end of a term: a make-up workday, a public holiday, the summer vacation.
+
+    Three kinds of waste the rules once missed: taps left running in the canteen from closing until
+    03:00 on three nights, air conditioning in a lab closed on a public holiday with no earlier
+    holiday in the data, and a gateway with five meters going silent for 8 hours. Four buildings
+    stay quiet, among them a library that is open at weekends and closed on the holiday.
+    """
+    tz = ZoneInfo(tz_name)
+    W = week_start
+    assert W.weekday() == 0, "the first week starts on a Monday"
+
+    def at(day: float, hours: float = 0.0) -> int:
+        return _local(W + timedelta(days=int(day)), tz, hours + (day - int(day)) * 24)
+
+    makeup = W + timedelta(days=6)  # Sunday of week 1, worked in exchange for the holiday
+    holiday = W + timedelta(days=7)  # Monday of week 2
+    vacation = (W + timedelta(days=14), W + timedelta(days=60))  # summer vacation from week 3
+    buildings = [
+        ("canteen-1", "canteen", 1500, 40),
+        ("lab-1", "lab", 800, 40),
+        ("teach-1", "classroom", 6000, 0),
+        ("teach-2", "classroom", 5000, 0),
+        ("lib-1", "library", 4000, 40),
+        ("admin-1", "office", 3000, 80),
+        ("dorm-1", "dorm", 6000, 480),
+    ]
+    meters: list[dict[str, Any]] = []
+    for bid, _t, _a, _o in buildings:
+        gw = f"gw-{bid}"
+        meters.append(
+            {"id": f"e-{bid}", "building": bid, "kind": "electricity", "category": "01000", "gateway": gw}
+        )
+        meters.append(
+            {"id": f"w-{bid}", "building": bid, "kind": "water", "category": "02000", "gateway": gw}
+        )
+    # Teaching building 1: five meters behind one gateway.
+    meters += [
+        {
+            "id": "e-teach-1-ac",
+            "building": "teach-1",
+            "kind": "electricity",
+            "category": "01B00",
+            "gateway": "gw-teach-1",
+        },
+        {
+            "id": "e-teach-1-light",
+            "building": "teach-1",
+            "kind": "electricity",
+            "category": "01A00",
+            "gateway": "gw-teach-1",
+        },
+        {
+            "id": "w-teach-1-wc",
+            "building": "teach-1",
+            "kind": "water",
+            "category": "02000",
+            "parent": "w-teach-1",
+            "gateway": "gw-teach-1",
+        },
+    ]
+    config: dict[str, Any] = {
+        "site": {"name": "Term-end campus", "timezone": tz_name},
+        "buildings": [
+            {"id": b, "name": b.replace("-", " ").title(), "type": t, "floor_area_m2": a, "occupants": o}
+            for b, t, a, o in buildings
+        ],
+        "gateways": [
+            {"id": f"gw-{b}", "name": f"{b.replace('-', ' ').title()} gateway", "building": b}
+            for b, *_r in buildings
+        ],
+        "meters": meters,
+        "accounting": {
+            "calendar": {
+                "terms": [
+                    {
+                        "name": "spring term",
+                        "start": (W - timedelta(days=120)).isoformat(),
+                        "end": (W + timedelta(days=11)).isoformat(),
+                    }
+                ],
+                "vacations": [
+                    {
+                        "name": "summer vacation",
+                        "start": vacation[0].isoformat(),
+                        "end": vacation[1].isoformat(),
+                    }
+                ],
+                "holidays": [{"name": "public holiday", "date": holiday.isoformat()}],
+                "workdays": [makeup.isoformat()],
+                # The simulator runs a weekend day in the vacation: the library keeps its weekend hours
+                # then, and closes on the public holiday.
+                "opening_hours": {
+                    "library": {
+                        "term": ["07:30-22:30"],
+                        "vacation": ["08:00-22:00"],
+                        "weekend": ["08:00-22:00"],
+                        "holiday": [],
+                    }
+                },
+            },
+        },
+        "alerts": {"cost": {"currency": "CNY", "electricity_per_kwh": 0.6, "water_per_m3": 4.1}},
+    }
+    nights = [(at(d, 20.5), at(d + 1, 3)) for d in (1, 2, 3)]  # Tuesday to Thursday of week 1
+    teach_1 = [m["id"] for m in meters if m.get("gateway") == "gw-teach-1"]
+    events = [
+        WasteEvent(
+            "canteen water running after closing until 03:00 on three nights",
+            "w-canteen-1",
+            0.5,
+            nights[0][0],
+            nights[-1][1],
+            ("after_hours.water",),
+            nights[0][0] + 6 * HOUR,
+            ("w-canteen-1",),
+            spans=tuple(nights),
+        ),
+        WasteEvent(
+            "air conditioning in the lab, closed on the public holiday",
+            "e-lab-1",
+            20000.0,
+            at(7, 8),
+            at(7, 20),
+            ("after_hours.usage",),
+            at(7, 13),
+            ("e-lab-1",),
+            ("after_hours.baseload_creep", "spike.baseline"),
+        ),
+        WasteEvent(
+            "gateway of teaching building 1 silent for 8 hours",
+            teach_1[0],
+            0.0,
+            at(16, 9),
+            at(16, 17),
+            ("data.gateway_offline",),
+            at(16, 11),
+            ("gw-teach-1",),
+            ("data.completeness", "data.offline"),
+            offline=True,
+            mirror=tuple(teach_1[1:]),
+        ),
+    ]
+    return Scenario(
+        "term-end",
+        "three weeks across the end of a term (make-up workday, public holiday, summer vacation): "
+        "water running after closing, a closed holiday's air conditioning, a gateway outage",
+        at(0),
+        config,
+        events,
+        ["teach-2", "lib-1", "admin-1", "dorm-1"],
+        at(21),
+        calendar_days=True,
+    )
+
+
 SCENARIOS: dict[str, Callable[[date, str], Scenario]] = {
     "campus-week": campus_week,
     "quiet-month": quiet_month,
+    "term-end": term_end,
 }
 
 
@@ -341,6 +523,9 @@ def sim_meters(scn: Scenario, cfg: CampusConfig) -> list[ScenarioMeter]:
         reg0 = 1000.0 + (sum(map(ord, m.id)) % 500) if m.kind is MeterKind.ELECTRICITY else 100.0
         sm = ScenarioMeter(m.id, m.kind, b.type, peak, cfg.site.tz, scn.seed, start=reg0)
         sm.holiday_like = holiday_like
+        if scn.calendar_days:
+            sm.closed_like = _closed_holiday(cal, b)
+            sm.working_weekend = lambda d: d.weekday() >= 5 and cal.day_kind(d) == "term"
         sm.room_start = start
         out.append(sm)
     return out
@@ -363,14 +548,28 @@ def readings(
             if t < sm.room_start or t % intervals[sm.id]:
                 continue
             evs = extra_of.get(sm.id, ())
-            sm.extra_load = sum(e.extra for e in evs if e.start <= t < e.end and not e.offline)
+            sm.extra_load = sum(e.extra for e in evs if e.active(t) and not e.offline)
             rs = sm.readings(t)
-            if any(e.offline and e.start <= t < e.end for e in evs):
+            if any(e.offline and e.active(t) for e in evs):
                 continue
             batch.extend(rs)
         if batch:
             yield t, batch
         t += step_s
+
+
+def _closed_holiday(cal: Any, b: Any) -> Callable[[datetime], datetime | None]:
+    """A holiday borrows a Saturday's load; a building open at weekends but closed on the holiday
+    keeps the Saturday's closed hours and rests at the Saturday's night load in its open hours."""
+    weekend = cal.hours_for(b.type).weekend
+
+    def like(local: datetime) -> datetime | None:
+        if not weekend or cal.day_kind(local.date()) != "holiday" or cal.opening_hours_on(b, local.date()):
+            return None
+        sat = datetime.combine(SATURDAY, local.time())
+        return sat.replace(hour=3) if cal.is_occupied(b, sat) else sat
+
+    return like
 
 
 def quota_target(scn: Scenario) -> dict[str, Any]:
@@ -514,6 +713,27 @@ class Scorecard:
 
 def _ts(iso: str | None) -> int:
     return int(datetime.fromisoformat(iso).timestamp()) if iso else 0
+
+
+def labels(scn: Scenario, cfg: CampusConfig, grace_h: float = 24) -> dict[str, Any]:
+    """The scenario's events as a campus would label them, for ``--labels`` (docs/alerts.md#labelled-incidents)."""
+    tz = cfg.site.tz
+    out = []
+    for e in scn.events:
+        m = cfg.meter(e.meter)
+        assert m is not None
+        where = {"meter": e.meter} if e.subjects == (e.meter,) else {"building": m.building}
+        out.append(
+            {
+                "name": e.name,
+                **where,
+                "start": datetime.fromtimestamp(e.start, tz).isoformat(),
+                "end": datetime.fromtimestamp(e.end, tz).isoformat(),
+                "rules": list(e.rules),
+                "also": list(e.also),
+            }
+        )
+    return {"grace_h": grace_h, "incidents": out}
 
 
 def score(

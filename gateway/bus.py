@@ -35,7 +35,7 @@ _POLL_S = 0.05  # longest single blocking read, so stop() and deadlines are noti
 
 @dataclass(frozen=True, slots=True)
 class ProtocolTiming:
-    """Reply timing from the protocol texts (protocols.md §1.1, §2.3, §3.4)."""
+    """Reply timing from the protocol texts (docs/references.md#dlt645, #cjt188, #modbus)."""
 
     timeout_s: float  # first reply byte, counted from the end of the request on the wire
     inter_char_s: float  # a silence this long inside a reply ends it
@@ -76,7 +76,7 @@ def open_serial(entry: BusEntry) -> SerialPort:
     Ports that can be select()ed (devices, ptys, sockets) are opened non-blocking and the engine
     waits on their descriptor, so one read takes every byte that has arrived; others (rfc2217,
     loop) block for at most a short poll. The timeout is set before opening because changing it
-    later re-applies termios, which ptys refuse when parity is set (libcheck §5).
+    later re-applies termios, which ptys refuse when parity is set (docs/references.md#pty-parity).
     """
     import serial
 

@@ -67,6 +67,9 @@ class MqttSection(_Model):
     password: str | None = None
     tls: bool = False
     ca_certs: str | None = None
+    certfile: str | None = Field(default=None, description="client certificate (require_certificate brokers)")
+    keyfile: str | None = None
+    tls_version: Literal["1.2", "1.3"] = "1.2"
     client_id: str | None = Field(default=None, description="fixed; default campusmon-gw-<gateway id>")
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive: int = Field(default=30, ge=5, le=65535)
@@ -169,6 +172,26 @@ class BusEntry(_Model):
         return names.get(v.lower(), v.upper()) if isinstance(v, str) else v
 
 
+def port_identity(port: str) -> str | None:
+    """What two spellings of one line have in common; None for ports that are never shared (loop://).
+
+    A device path is followed through its symlinks (``/dev/serial/by-id/...`` is ``/dev/ttyUSB0``);
+    a serial server is its host and TCP port, whichever of socket:// or rfc2217:// reaches it.
+    """
+    scheme, sep, rest = port.partition("://")
+    if not sep:
+        return os.path.realpath(port)
+    scheme = scheme.lower()
+    where = rest.split("?", 1)[0]  # URL options (?logging=debug, ?timeout=) do not make another line
+    if scheme in ("socket", "rfc2217"):
+        return "tcp:" + where.lower().rstrip("/")
+    if scheme == "spy":
+        return os.path.realpath(where)
+    if scheme == "loop":
+        return None
+    return f"{scheme}://{where}"
+
+
 class GatewayConfig(_Model):
     gateway: GatewaySection
     mqtt: MqttSection = MqttSection()
@@ -194,6 +217,18 @@ class GatewayConfig(_Model):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             if dup:
                 raise ValueError(f"duplicate {kind} id(s): {', '.join(dup)}")
+        owner: dict[str, tuple[int, str]] = {}
+        for bi, b in enumerate(self.buses):
+            key = port_identity(b.port)
+            if key in owner:
+                oi, oid = owner[key]
+                raise ValueError(
+                    f"buses[{bi}] ({b.id}): port {b.port!r} is already used by buses[{oi}] ({oid}); "
+                    "a port has exactly one bus (one thread owns the line), so list all its meters "
+                    "under one bus"
+                )
+            if key is not None:
+                owner[key] = (bi, b.id)
         self.poll_groups.setdefault("default", PollGroup())
         for bi, b in enumerate(self.buses):
             for mi, m in enumerate(b.meters):

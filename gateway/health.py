@@ -36,6 +36,7 @@ class GatewayCollector(Collector):
                                       labels=["gateway", "reason"])  # fmt: skip
         dropped.add_metric([gw, "full"], ob["dropped_full"])
         dropped.add_metric([gw, "expired"], ob["dropped_expired"])
+        dropped.add_metric([gw, "unwritable"], ob["dropped_unwritable"])
         yield from (depth, fill, dropped)
         if "mqtt" in h:
             up = GaugeMetricFamily(

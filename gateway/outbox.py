@@ -13,6 +13,13 @@ SIGKILL loses nothing in either mode (the data is in the OS page cache already).
 A row is one reading, kept with its original timestamp; ids only grow (AUTOINCREMENT), which is
 the drain order. When the bound is reached the oldest rows go first, counted in ``meta`` so the
 count survives restarts, logged, and shown on the status topic.
+
+When a commit fails (disk full, I/O error) the writer keeps the failed batch in its own hands and
+retries it with a backoff; it never puts anything back into the queue it drains, so it can never
+wait on its own producers. Producers then meet a full queue: ``put`` waits for room (back-pressure)
+and, while the disk stays unwritable, drops the readings it cannot queue, counted as
+``dropped_unwritable`` and logged, so a bus thread is delayed but never stopped. Everything that was
+queued is committed, in order, once the disk takes writes again.
 """
 
 from __future__ import annotations
@@ -45,6 +52,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _EXPIRY_PERIOD_S = 60.0
 _MAX_OPS_PER_COMMIT = 5000
+_MAX_QUEUED_OPS = 20000
+_RETRY_MIN_S = 0.05  # first retry after a failed commit; doubles up to _RETRY_MAX_S
+_RETRY_MAX_S = 1.0
+_DROP_LOG_PERIOD_S = 60.0
+
+_Op = tuple[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +67,10 @@ class OutboxStats:
     fill: float
     dropped_full: int
     dropped_expired: int
+    dropped_unwritable: int
     oldest_ts: int | None
     warning: bool
+    write_error: str | None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -71,13 +86,14 @@ class OutboxBusy(Exception):
 
 class Outbox:
     def __init__(self, path: str | Path, max_readings: int = 8_000_000, max_age_s: float = 35 * 86400,
-                 warn_fill: float = 0.9, synchronous: str = "full", clock: Callable[[], float] = time.time
-                 ) -> None:  # fmt: skip
+                 warn_fill: float = 0.9, synchronous: str = "full", clock: Callable[[], float] = time.time,
+                 put_wait_s: float = 5.0) -> None:  # fmt: skip
         self.path = Path(path)
         self.max_readings = max_readings
         self.max_age_s = max_age_s
         self.warn_fill = warn_fill
         self.clock = clock
+        self.put_wait_s = put_wait_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._take_lock()
         self._w = self._open(synchronous)
@@ -89,13 +105,17 @@ class Outbox:
         meta = dict(self._w.execute("SELECT key, value FROM meta"))
         self._dropped_full = int(meta.get("dropped_full", 0))
         self._dropped_expired = int(meta.get("dropped_expired", 0))
+        self._dropped_unwritable = self._unwritable_saved = int(meta.get("dropped_unwritable", 0))
+        self._drop_lock = threading.Lock()
+        self._drop_logged = -_DROP_LOG_PERIOD_S
         self._depth = int(self._w.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
         self._last_id = int(self._w.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()[0])
         self._warned = False
-        self._ops: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=20000)
+        self._ops: queue.Queue[_Op] = queue.Queue(maxsize=_MAX_QUEUED_OPS)
         self._cond = threading.Condition()
         self._closed = False
-        self._error: BaseException | None = None
+        self._stopping = threading.Event()
+        self._error: str | None = None  # the last failed commit's error while writes fail, else None
         self._writer = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
         self._writer.start()
         if self._depth:
@@ -139,30 +159,75 @@ class Outbox:
 
     # -- producer side --------------------------------------------------------------------------
 
-    def put(self, readings: Sequence[Reading]) -> None:
-        """Queue readings for the writer; they are durable once a later ``flush`` returns."""
+    def put(self, readings: Sequence[Reading]) -> bool:
+        """Queue readings for the writer; they are durable once a later ``flush`` returns.
+
+        False when they were dropped (counted and logged) because the queue stayed full: at once
+        while commits are failing (waiting would not help), else after ``put_wait_s`` of waiting
+        for room behind a writer that is only slow.
+        """
         if self._closed:
             raise OutboxClosed("outbox is closed")
-        if readings:
-            self._ops.put(("put", list(readings)))
+        if not readings:
+            return True
+        op = ("put", list(readings))
+        try:
+            if self._error is not None:
+                self._ops.put_nowait(op)  # the writer is retrying a failed commit: waiting will not help
+            else:
+                self._ops.put(op, timeout=self.put_wait_s)
+        except queue.Full:
+            self._count_unwritable(len(op[1]))
+            return False
+        return True
 
     def ack(self, ids: Sequence[int]) -> None:
-        """The broker (or InfluxDB) has these rows: delete them."""
-        if ids and not self._closed:
-            self._ops.put(("ack", list(ids)))
+        """The broker (or InfluxDB) has these rows: delete them.
+
+        Never dropped: a lost ack would strand its rows until a restart. The caller waits for room
+        instead, which also stops it sending more while the writer cannot keep up.
+        """
+        if not ids:
+            return
+        op = ("ack", list(ids))
+        while not self._closed:
+            try:
+                self._ops.put(op, timeout=_RETRY_MAX_S)
+                return
+            except queue.Full:
+                continue
 
     def expire_now(self) -> None:
         """Apply the age bound at once instead of at the next periodic pass."""
         if not self._closed:
-            self._ops.put(("expire", None))
+            try:
+                self._ops.put_nowait(("expire", None))
+            except queue.Full:
+                pass  # the periodic pass will do it
 
     def flush(self, timeout: float | None = 10.0) -> bool:
-        """Wait until everything queued so far is committed."""
+        """Wait until everything queued so far is committed; False if that took longer than ``timeout``."""
         if self._closed:
             return True
         done = threading.Event()
-        self._ops.put(("flush", done))
-        return done.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self._ops.put(("flush", done), timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def _count_unwritable(self, n: int) -> None:
+        with self._drop_lock:
+            self._dropped_unwritable += n
+            total = self._dropped_unwritable
+            now = time.monotonic()
+            say = now - self._drop_logged >= _DROP_LOG_PERIOD_S
+            if say:
+                self._drop_logged = now
+        if say:
+            log.error("outbox cannot write (%s) and its queue is full: dropping new readings "
+                      "(%d dropped so far)", self._error or "writer behind", total)  # fmt: skip
 
     # -- consumer side --------------------------------------------------------------------------
 
@@ -192,8 +257,10 @@ class Outbox:
             round(fill, 6),
             self._dropped_full,
             self._dropped_expired,
+            self._dropped_unwritable,
             oldest,
             fill >= self.warn_fill,
+            self._error,
         )
 
     @property
@@ -205,7 +272,11 @@ class Outbox:
             return
         self.flush(timeout)
         self._closed = True
-        self._ops.put(("stop", None))
+        self._stopping.set()
+        try:
+            self._ops.put_nowait(("stop", None))  # wakes an idle writer; a busy one sees _stopping
+        except queue.Full:
+            pass
         self._writer.join(timeout)
         with self._cond:
             self._cond.notify_all()
@@ -217,36 +288,65 @@ class Outbox:
 
     def _run(self) -> None:
         next_expiry = time.monotonic()
+        held: list[_Op] = []  # a batch whose commit failed: retried from here, never re-queued
+        delay = _RETRY_MIN_S
+        failures = 0
         while True:
-            try:
-                op = self._ops.get(timeout=max(0.0, next_expiry - time.monotonic()))
-            except queue.Empty:
-                op = ("expire", None)
-            batch = [op]
-            while len(batch) < _MAX_OPS_PER_COMMIT:
-                try:
-                    batch.append(self._ops.get_nowait())
-                except queue.Empty:
-                    break
+            batch = held or self._next_batch(next_expiry)
             if time.monotonic() >= next_expiry:
                 batch.append(("expire", None))
                 next_expiry = time.monotonic() + _EXPIRY_PERIOD_S
+            stopping = self._stopping.is_set()
             try:
                 self._apply(batch)
-            except sqlite3.Error as e:  # disk full, I/O error: keep running, the ops are retried
-                self._error = e
-                log.error("outbox write failed (%s); retrying in 1 s", e)
-                time.sleep(1.0)
-                for item in batch:
-                    if item[0] != "expire":
-                        self._ops.put(item)
+            except sqlite3.Error as e:  # disk full, I/O error: keep the batch and keep running
+                held = [op for op in batch if op[0] != "expire"]
+                failures += 1
+                if self._error is None:
+                    log.error("outbox write failed (%s); %d queued operations wait in memory and are "
+                              "retried", e, len(held) + self._ops.qsize())  # fmt: skip
+                self._error = str(e)
+                if stopping:
+                    self._give_up(held)
+                    return
+                self._stopping.wait(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
                 continue
+            if failures:
+                log.warning("outbox writes again after %d failed attempts", failures)
+            held, delay, failures = [], _RETRY_MIN_S, 0
             for kind, arg in batch:
                 if kind == "flush":
                     arg.set()  # type: ignore[attr-defined]
-            if any(kind == "stop" for kind, _ in batch):
+            if any(kind == "stop" for kind, _ in batch) or (stopping and self._ops.empty()):
                 self._w.close()
                 return
+
+    def _next_batch(self, next_expiry: float) -> list[_Op]:
+        """Whatever has queued up, up to one commit's worth; waits for the first op until expiry is due."""
+        try:
+            batch = [self._ops.get(timeout=max(0.0, next_expiry - time.monotonic()))]
+        except queue.Empty:
+            return []
+        while len(batch) < _MAX_OPS_PER_COMMIT:
+            try:
+                batch.append(self._ops.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _give_up(self, held: list[_Op]) -> None:
+        """Closing while the disk takes no writes: say how much never reached it."""
+        while True:
+            try:
+                held.append(self._ops.get_nowait())
+            except queue.Empty:
+                break
+        lost = sum(len(arg) for kind, arg in held if kind == "put")  # type: ignore[arg-type]
+        log.error(
+            "outbox closed while writes fail (%s): %d queued readings were not written", self._error, lost
+        )
+        self._w.close()
 
     def _apply(self, batch: list[tuple[str, object]]) -> None:
         w = self._w
@@ -279,13 +379,18 @@ class Outbox:
             if expired:
                 w.execute("INSERT OR REPLACE INTO meta VALUES ('dropped_expired', ?)",
                           (self._dropped_expired + expired,))  # fmt: skip
+            unwritable = self._dropped_unwritable
+            if unwritable != self._unwritable_saved:
+                w.execute("INSERT OR REPLACE INTO meta VALUES ('dropped_unwritable', ?)", (unwritable,))
             last = w.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
             w.execute("COMMIT")
         except BaseException:
-            w.execute("ROLLBACK")
+            if w.in_transaction:  # a failed COMMIT (SQLITE_FULL) has rolled back already
+                w.execute("ROLLBACK")
             self._names = {n: i for i, n in w.execute("SELECT id, name FROM names")}
             raise
         self._error = None
+        self._unwritable_saved = unwritable
         self._depth += inserted - deleted - expired - dropped
         self._dropped_full += dropped
         self._dropped_expired += expired

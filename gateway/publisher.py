@@ -5,7 +5,7 @@ authorised, quota exceeded) is told apart from one that stored it, where 3.1.1 a
 connection silently; CONNACK's Receive Maximum also caps our in-flight window. 3.1.1 stays
 available for old brokers.
 
-Flow (libcheck §1): a fixed client id; at most ``max_inflight`` packs awaiting PUBACK, each
+Flow (docs/references.md#mqtt-flow): a fixed client id; at most ``max_inflight`` packs awaiting PUBACK, each
 ``publish`` return code checked (paho refuses with ERR_QUEUE_SIZE once message ids wrap or its
 queue is full, without raising); packs in flight when the link drops are re-sent by paho with
 DUP set after the reconnect, under the same message id, so the mid -> rows map stays valid.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 
+from campusmon.mqtt import MqttAuth, make_client
 from campusmon.wire import GATEWAY_STATUS_TOPIC, GATEWAY_TOPIC, TOPIC_ROOT, encode_senml
 from gateway.config import MqttSection
 from gateway.outbox import Outbox
@@ -87,13 +87,7 @@ class Publisher:
         self._thread = threading.Thread(target=self._drain, name="mqtt-drain", daemon=True)
 
     def _make_client(self, client_id: str) -> mqtt.Client:
-        proto = MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311
-        kw: dict[str, Any] = {} if self.v5 else {"clean_session": True}
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, **kw)
-        if self.cfg.username:
-            c.username_pw_set(self.cfg.username, self.cfg.password)
-        if self.cfg.tls:
-            c.tls_set(ca_certs=self.cfg.ca_certs, cert_reqs=ssl.CERT_REQUIRED)
+        c = make_client(client_id, MqttAuth.of(self.cfg), protocol=self.cfg.protocol)
         c.max_inflight_messages_set(self.window)
         c.reconnect_delay_set(1, self.cfg.reconnect_max_s)
         c.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)

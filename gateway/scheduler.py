@@ -3,8 +3,8 @@
 Readings of a 15-minute group start at :00, :15, :30, :45 local time, so every gateway on campus
 samples the same instants and consumption intervals line up without interpolation. Alignment
 comes from an interval trigger anchored at a local midnight: fire times are anchor + k * interval.
-APScheduler 3.x (4.x is still a pre-release, libcheck §4); jobs coalesce and never overlap, and a
-sweep that overruns its interval is coalesced again by the bus engine.
+APScheduler 3.x (4.x is still a pre-release, docs/references.md#apscheduler); jobs coalesce and
+never overlap, and a sweep that overruns its interval is coalesced again by the bus engine.
 """
 
 from __future__ import annotations

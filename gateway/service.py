@@ -169,7 +169,7 @@ class Gateway(Acquisition):
     def _watch(self) -> None:
         """Publish the status at once when a meter goes offline, rows are dropped or the outbox warns."""
         st = self.outbox.stats()
-        key = (st.dropped_full, st.dropped_expired, st.warning)
+        key = (st.dropped_full, st.dropped_expired, st.dropped_unwritable, st.warning, st.write_error is None)
         if self.state_changed.is_set() or key != self._last_status:
             self.state_changed.clear()
             self._last_status = key

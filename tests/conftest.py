@@ -6,7 +6,6 @@ stop or kill a server start private ones with the ``*_factory`` fixtures.
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 from campusmon.config import CampusConfig, parse_config  # noqa: E402
 from campusmon.services import InfluxDB, Mosquitto, Server, free_port  # noqa: E402
 
-VECTORS = Path(os.environ.get("CAMPUSMON_VECTORS", ROOT.parent / "shared" / "vectors"))
+VECTORS = ROOT / "tests" / "vectors"
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +30,7 @@ def svc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def mosquitto(svc_root: Path) -> Iterator[Mosquitto]:
-    srv = Mosquitto(svc_root / "mosquitto", free_port())
+    srv = Mosquitto(svc_root / "mosquitto", free_port(), anonymous=True)  # open: a test convenience
     srv.start()
     yield srv
     srv.stop()
@@ -53,6 +52,8 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[[str], Server]]:
     def make(kind: str) -> Server:
         cls = {"mosquitto": Mosquitto, "influxdb": InfluxDB}[kind]
         srv = cls(tmp_path / f"{kind}-{len(started)}", free_port())
+        if isinstance(srv, Mosquitto):
+            srv.anonymous = True  # open broker: a test convenience (tests of the lock use their own)
         srv.start()
         started.append(srv)
         return srv

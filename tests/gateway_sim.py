@@ -130,13 +130,21 @@ def gateway_config(tmp_path: Path, url: str, specs: list[Spec], mqtt_port: int |
     return parse_gateway_config(data, "test-gateway", environ={})
 
 
-def campus_data(specs: list[Spec]) -> dict[str, Any]:
-    """The campus.yaml side: the same meters in the registry, so the collector accepts them."""
+def campus_data(specs: list[Spec], gateway_id: str) -> dict[str, Any]:
+    """The campus.yaml side: the gateway and its meters in the registry, so the collector accepts them."""
     buildings = sorted({s.building for s in specs})
     meters = [
-        {k: v for k, v in s.entry().items() if k in ("id", "building", "kind", "category")} for s in specs
+        {
+            **{k: v for k, v in s.entry().items() if k in ("id", "building", "kind", "category")},
+            "gateway": gateway_id,
+        }
+        for s in specs
     ]
-    return {"buildings": [{"id": b, "type": "dorm"} for b in buildings], "meters": meters}
+    return {
+        "buildings": [{"id": b, "type": "dorm"} for b in buildings],
+        "gateways": [{"id": gateway_id}],
+        "meters": meters,
+    }
 
 
 def assert_registers(readings: list[Reading], sim: SimBus, specs: list[Spec]) -> None:
@@ -164,6 +172,7 @@ class Subscriber:
         self.c.on_message = self._on_message
         self.c.on_connect = lambda c, *_a: c.subscribe([(self.topic, 1), (self.status_topic, 1),
                                                           (self.topic.replace("readings", "health"), 0)])  # fmt: skip
+        self.c.reconnect_delay_set(min_delay=1, max_delay=2)  # back soon after a broker outage the test made
         self.c.connect("127.0.0.1", port, keepalive=5)
         self.c.loop_start()
 

@@ -13,11 +13,14 @@ from fastapi.testclient import TestClient
 
 from api.accounting import periods
 from api.accounting.routes import router
+from api.app import install_error_handlers
+from api.auth import install_auth
 from campusmon.config import CampusConfig
 from campusmon.db import init_db
 from campusmon.influx import open_store
 from campusmon.services import free_port
 from firmware_sim.month import SimMonth, write_readings
+from tests.auth_helpers import admin_headers
 from tests.test_consumption_truth import DAY, MONTH, campus_config, faulty_month
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,10 +30,12 @@ OCTOBER = {"start": "2026-10-01", "end": "2026-11-01"}
 
 def make_app(cfg: CampusConfig) -> FastAPI:
     app = FastAPI()
-    app.include_router(router)
     app.state.cfg = cfg
     app.state.store = open_store(cfg)
     app.state.engine, app.state.sessions = init_db(cfg.database.url)
+    install_error_handlers(app)
+    install_auth(app)  # the routes record who acts, so they run behind the guard, as in create_app
+    app.include_router(router)
     return app
 
 
@@ -41,7 +46,7 @@ def month(influxdb, tmp_path_factory) -> Iterator[tuple[TestClient, CampusConfig
     app = make_app(cfg)
     app.state.store.ensure_database()
     write_readings(app.state.store, [r for r in sim.readings if r.meter != "e-empty-1"])
-    with TestClient(app) as client:
+    with TestClient(app, headers=admin_headers(cfg)) as client:
         yield client, cfg, sim
     app.state.store.close()
     app.state.engine.dispose()
@@ -122,10 +127,10 @@ def test_scopes_select_meters_without_double_counting(month):
     [
         ({"scope": "building:nowhere"}, 404, "building 'nowhere' is not in the campus config"),
         ({"scope": "meter:ghost"}, 404, "meter 'ghost' is not in the campus config"),
-        ({"scope": "floor:3"}, 422, "is not campus, building:<id>"),
-        ({"scope": "category:lights"}, 422, "not a sub-item code"),
+        ({"scope": "floor:3"}, 422, "scope='floor:3': use campus, building:<id>"),
+        ({"scope": "category:lights"}, 422, "scope='category:lights': use campus"),
         ({"start": "2026-10-05", "end": "2026-10-01"}, 422, "end must be after start"),
-        ({"start": "last tuesday"}, 422, "not an ISO date"),
+        ({"start": "last tuesday"}, 422, "start='last tuesday': use ISO 8601"),
         ({"period": "fortnight"}, 422, "period"),
         ({"period": "hour", "start": "2020-01-01", "end": "2026-01-01"}, 422, "at most"),
     ],
@@ -142,7 +147,7 @@ def test_influxdb_down_is_a_503_not_a_crash(month, tmp_path):
     down = cfg.model_copy(
         update={"influxdb": cfg.influxdb.model_copy(update={"url": f"http://127.0.0.1:{free_port()}"})}
     )
-    with TestClient(make_app(down)) as c:
+    with TestClient(make_app(down), headers=admin_headers(down)) as c:
         r = c.get("/api/v1/consumption", params={"scope": "campus", **OCTOBER})
         assert r.status_code == 503 and "InfluxDB is unavailable" in message(r)
         assert c.get("/api/v1/reports/monthly", params={"month": MONTH}).status_code == 503

@@ -233,3 +233,58 @@ def test_a_hand_clear_in_another_process_latches_and_unlatches_there(db_url: str
     assert collector.apply([leak(Level.FIRING, T0 + 60)]) == []  # latched: no new alert
     assert collector.apply([leak(Level.OK, T0 + 120)]) == []  # the condition ends: unlatched
     assert [e["type"] for e in collector.apply([leak(Level.FIRING, T0 + 180)])] == ["opened"]
+
+
+def test_a_cleared_alert_releases_the_baseline_its_rule_froze(db_url: str) -> None:
+    """The next alert is judged against a baseline learned afresh, not the one frozen by the first."""
+    _cfg, store = make(db_url)
+    subject = Subject("meter", "w1", "t1")
+    f = leak(Level.FIRING, T0)
+    f.state = {"baseline": 0.01}
+    store.apply([f])
+    store.apply([leak(Level.OK, T0 + 86400)])  # the clearing finding carries no state of its own
+    assert "baseline" not in store.state("leak.night_flow", subject)
+    # Every rule that freezes state while open lets go of it; what it learns over time is kept.
+    for rule, frozen, kept in (
+        ("leak.continuous_flow", {"resting": True}, {}),
+        ("leak.balance", {"baseline": 0.1}, {}),
+        ("after_hours.baseload_creep", {"long_term": 3.0}, {"days": {"2025-10-01": 2.5}}),
+    ):
+        g = leak(Level.FIRING, T0 + 2 * 86400)
+        g.rule, g.state = rule, {**frozen, **kept}
+        store.apply([g])
+        ok = leak(Level.OK, T0 + 3 * 86400)
+        ok.rule = rule
+        store.apply([ok])
+        assert store.state(rule, subject) == kept, rule
+
+
+def test_a_hand_clear_releases_the_frozen_baseline_too(db_url: str) -> None:
+    _cfg, store = make(db_url)
+    f = leak(Level.FIRING, T0)
+    f.state = {"baseline": 0.01}
+    a = store.apply([f])[0]["alert"]
+    store.clear(a["id"], "warden")
+    assert store.state("leak.night_flow", Subject("meter", "w1", "t1")) == {}
+
+
+def test_alert_json_rounds_for_display_and_keeps_full_precision_in_the_evidence(db_url: str) -> None:
+    _cfg, store = make(db_url)
+    f = leak(Level.FIRING, T0, value=0.11999999999989086)
+    a = store.apply([f])[0]["alert"]
+    assert a["value"] == 0.12 and "0.11999" not in a["message"]
+    ev = a["evidence"]
+    assert ev["value"] == 0.11999999999989086 and ev["meter"] == "w1" and ev["threshold"] == 0.05
+    assert ev["start"] == T0 - 3600 and ev["end"] == T0 and ev["baseline_method"]
+
+
+def test_a_kettle_message_states_how_long_the_step_lasted_when_it_fired(db_url: str) -> None:
+    """Truth: the kettle switched on at T0 + 50 and the alert fired 30 s later; it then ran 5 minutes."""
+    cfg, store = make(db_url)
+    rules = InstantRules(cfg, store=store)
+    rs = [Reading("e-r1", "power_w", 150.0, T0 + i * 10) for i in range(5)]
+    rs += [Reading("e-r1", "power_w", 1950.0, T0 + 50 + i * 10) for i in range(31)]
+    rules.on_readings(rs)
+    a = store.query(rule="dorm.high_power")[0][0]
+    assert a["detail"]["lasted_s"] == 30
+    assert "stayed there for 30 s" in a["message"], a["message"]

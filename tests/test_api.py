@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from campusmon.influx import open_store
 from campusmon.reading import Reading
+from tests.auth_helpers import admin_headers
 from tests.conftest import SMALL_CAMPUS
 
 NOW = int(time.time()) // 3600 * 3600
@@ -23,10 +24,13 @@ def client(influxdb, mosquitto, make_config):
     rs = []
     for k in range(24 * 4):  # a day of 15-minute readings, oldest first
         ts = NOW - 86400 + 900 * k
-        rs += [Reading("e-dorm-1", "energy_kwh", 100.0 + k * 2.5, ts), Reading("e-dorm-1", "power_w", 1000.0 + k, ts)]
+        rs += [
+            Reading("e-dorm-1", "energy_kwh", 100.0 + k * 2.5, ts),
+            Reading("e-dorm-1", "power_w", 1000.0 + k, ts),
+        ]
     rs.append(Reading("w-dorm-1", "volume_m3", 12.5, NOW - 60))
     assert store.write(rs).stored == len(rs)
-    with TestClient(create_app(cfg, start_jobs=False)) as c:
+    with TestClient(create_app(cfg, start_jobs=False), headers=admin_headers(cfg)) as c:
         yield c
 
 
@@ -46,15 +50,18 @@ def test_latest_has_each_quantitys_own_time(client) -> None:
 
 
 def test_raw_readings_in_a_range(client) -> None:
-    r = client.get("/api/v1/meters/e-dorm-1/readings",
-                   params={"start": NOW - 3600, "end": NOW, "quantity": "energy_kwh"}).json()
+    r = client.get(
+        "/api/v1/meters/e-dorm-1/readings", params={"start": NOW - 3600, "end": NOW, "quantity": "energy_kwh"}
+    ).json()
     assert r["columns"] == ["ts", "energy_kwh"] and r["units"] == {"energy_kwh": "kWh"}
     assert r["points"] == [[NOW - 3600 + 900 * i, 100.0 + (92 + i) * 2.5] for i in range(4)]
 
 
 def test_downsampled_readings_use_last_for_registers_and_mean_for_rates(client) -> None:
-    r = client.get("/api/v1/meters/e-dorm-1/readings",
-                   params={"start": NOW - 7200, "end": NOW, "every": "1h", "quantity": ["energy_kwh", "power_w"]}).json()
+    r = client.get(
+        "/api/v1/meters/e-dorm-1/readings",
+        params={"start": NOW - 7200, "end": NOW, "every": "1h", "quantity": ["energy_kwh", "power_w"]},
+    ).json()
     assert r["points"] == [
         [NOW - 7200, 100.0 + 91 * 2.5, 1000.0 + (88 + 89 + 90 + 91) / 4],
         [NOW - 3600, 100.0 + 95 * 2.5, 1000.0 + (92 + 93 + 94 + 95) / 4],
@@ -76,7 +83,12 @@ def test_iso_times_are_accepted(client) -> None:
         ("/api/v1/meters/nope/latest", {}, 404, "not in the campus registry"),
         ("/api/v1/meters/e-dorm-1/readings", {"start": "yesterday"}, 422, "start='yesterday': use ISO 8601"),
         ("/api/v1/meters/e-dorm-1/readings", {"start": NOW, "end": NOW - 10}, 422, "must be before end"),
-        ("/api/v1/meters/e-dorm-1/readings", {"quantity": "volume_m3"}, 422, "'volume_m3' is not a electricity quantity"),
+        (
+            "/api/v1/meters/e-dorm-1/readings",
+            {"quantity": "volume_m3"},
+            422,
+            "'volume_m3' is not a electricity quantity",
+        ),
         ("/api/v1/meters/e-dorm-1/readings", {"every": "fortnight"}, 422, "every='fortnight'"),
         ("/api/v1/meters/e-dorm-1/readings", {"every": "1s", "start": 0}, 422, "buckets requested"),
         ("/api/v1/meters/e-dorm-1/readings", {"limit": 0}, 422, "invalid request: query.limit"),

@@ -130,6 +130,9 @@ def test_processes_creating_the_schema_at_once_do_not_fail(tmp_path: Path) -> No
 
     url = f"sqlite:///{tmp_path}/race.sqlite"
     code = "import sys; from campusmon.db import init_db; init_db(sys.argv[1])"
-    procs = [subprocess.Popen([sys.executable, "-c", code, url], cwd=ROOT, stderr=subprocess.PIPE) for _ in range(6)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, url], cwd=ROOT, stderr=subprocess.PIPE)
+        for _ in range(6)
+    ]
     errors = [p.communicate(timeout=60)[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, errors

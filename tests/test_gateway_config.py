@@ -112,3 +112,48 @@ def test_time_sync_runs_once_a_day_at_local_time() -> None:
     tz = ZoneInfo("Asia/Shanghai")
     trig = daily_trigger(dtime(3, 7), tz)
     assert next_fire(trig, datetime(2026, 3, 5, 10, 0, tzinfo=tz)) == datetime(2026, 3, 6, 3, 7, tzinfo=tz)
+
+
+def _two_buses(port_a: str, port_b: str) -> dict:
+    return {
+        "gateway": {"id": "gw-1"},
+        "buses": [
+            {"id": "b1", "port": port_a, "meters": [{"id": "m1", "protocol": "dlt645", "address": "1"}]},
+            {"id": "b2", "port": port_b, "meters": [{"id": "m2", "protocol": "dlt645", "address": "2"}]},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("port_a", "port_b"),
+    [
+        ("/dev/ttyUSB0", "/dev/ttyUSB0"),
+        ("/dev/ttyUSB0", "/dev/../dev/ttyUSB0"),
+        ("socket://10.0.0.9:4001", "socket://10.0.0.9:4001"),
+        ("socket://GW-Serial.local:4001", "rfc2217://gw-serial.local:4001?logging=debug"),
+    ],
+)
+def test_a_port_listed_twice_is_refused_at_load(port_a: str, port_b: str) -> None:
+    """Two buses on one port would be two owner threads interleaving frames on one half-duplex line."""
+    with pytest.raises(ConfigError) as e:
+        parse_gateway_config(_two_buses(port_a, port_b), "gw.yaml", environ={})
+    assert f"gw.yaml: (top level): buses[1] (b2): port {port_b!r} is already used by buses[0] (b1)" in str(
+        e.value
+    )
+
+
+def test_two_names_of_one_device_are_one_port(tmp_path: Path) -> None:
+    """A /dev/serial/by-id link and the device it points at are the same line."""
+    dev = tmp_path / "ttyUSB0"
+    dev.touch()
+    link = tmp_path / "usb-FTDI_FT232R_A50285BI-if00-port0"
+    link.symlink_to(dev)
+    with pytest.raises(ConfigError, match="is already used by buses\\[0\\] \\(b1\\)"):
+        parse_gateway_config(_two_buses(str(dev), str(link)), "gw.yaml", environ={})
+
+
+def test_different_ports_are_accepted() -> None:
+    for a, b in (("/dev/ttyUSB0", "/dev/ttyUSB1"), ("socket://10.0.0.9:4001", "socket://10.0.0.9:4002"),
+                 ("loop://", "loop://")):  # fmt: skip
+        cfg = parse_gateway_config(_two_buses(a, b), "gw.yaml", environ={})
+        assert [x.port for x in cfg.buses] == [a, b]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -15,9 +16,22 @@ import pytest
 
 from campusmon.reading import Reading
 from gateway.outbox import Outbox, OutboxBusy
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-T0 = int(time.time()) // 60 * 60 - 3 * 3600  # recent: older readings would be expired by the age bound mid-test
+# Recent: older readings would be expired by the age bound mid-test.
+T0 = int(time.time()) // 60 * 60 - 3 * 3600
+
+
+class CappedOutbox(Outbox):
+    """An outbox whose SQLite file may not grow past ``page_cap`` pages (SQLITE_FULL, as on a full disk)."""
+
+    page_cap: int | None = None
+
+    def _apply(self, batch: list[tuple[str, object]]) -> None:
+        if self.page_cap is not None:  # in the writer thread, on the writer's connection
+            self._w.execute(f"PRAGMA max_page_count={int(self.page_cap)}")
+        super()._apply(batch)
 
 
 def readings(n: int, start: int = 0, meter: str = "e-1") -> list[Reading]:
@@ -123,14 +137,19 @@ def test_nothing_committed_is_lost_on_sigkill(tmp_path: Path) -> None:
         ob.ack(ids)
         ob.flush()
         print("ready", flush=True)
+        n = 0
         while True:  # keep writing until killed: a kill mid-transaction must not corrupt the file
             ob.put([Reading("e-2", "power_w", 1.0, {T0})])
+            n += 1
+            if n == 200:
+                ob.flush()
+                print("writing", flush=True)  # commits are under way; the kill lands among them
             time.sleep(0.001)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
+        assert proc.stdout.readline().strip() == "writing"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -164,10 +183,10 @@ def test_wait_beyond_wakes_on_commit(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.sqlite")
     try:
         assert not ob.wait_beyond(0, 0.05)
-        t = time.monotonic()
         ob.put(readings(1))
-        assert ob.wait_beyond(0, 5.0)
-        assert time.monotonic() - t < 1.0
+        assert ob.wait_beyond(0, 60.0)  # True only once the row is committed; False had it timed out
+        ((row_id, _),) = ob.fetch(0, 10)
+        assert not ob.wait_beyond(row_id, 0.05)  # nothing newer yet
     finally:
         ob.close()
 
@@ -180,3 +199,26 @@ def test_a_second_writer_is_refused(tmp_path: Path) -> None:
     finally:
         ob.close()
     Outbox(tmp_path / "o.sqlite").close()  # free again once the first one is closed
+
+
+def test_close_while_writes_fail_returns_and_says_what_was_not_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ob = CappedOutbox(tmp_path / "o.sqlite")
+    ob.put(readings(1))
+    assert ob.flush()
+    ob.page_cap = 1  # no page more: every commit from now on fails
+    ob.put(readings(500, start=1))
+    wait_until(lambda: ob.stats().write_error is not None, 30, 0.02, "the first failed commit")
+    assert "full" in (ob.stats().write_error or "")
+    assert not ob.flush(0.2)
+    closer = threading.Thread(target=ob.close, kwargs={"timeout": 1.0}, daemon=True)
+    closer.start()
+    closer.join(60)  # a bound for a hang, not a speed limit
+    assert not closer.is_alive()
+    assert any("500 queued readings were not written" in r.getMessage() for r in caplog.records)
+    ob = Outbox(tmp_path / "o.sqlite")
+    try:
+        assert [r for _, r in ob.fetch(0, 10)] == readings(1)  # what was committed is intact
+    finally:
+        ob.close()

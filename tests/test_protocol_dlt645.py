@@ -1,4 +1,4 @@
-"""DL/T 645 codec against the shared captured vectors, plus framing, BCD and encoder round trips."""
+"""DL/T 645 codec against the captured vectors (tests/vectors), plus framing, BCD and encoder round trips."""
 
 from __future__ import annotations
 
@@ -185,6 +185,65 @@ def test_follow_up_request_and_reply() -> None:
         dlt645.parse_frame(dlt645.encode_frame(dlt645.Frame("000000000161", 0x92, body)))
     )
     assert read.seq == 2 and not read.follow_up and read.values == (10.0,)
+
+
+# A follow-up exchange written by hand from the frame layout (protocols: DL/T 645-2007 frame and
+# control codes, docs/references.md), not produced by the encoder: meter 000000000161 (wire order
+# 61 01 00 00 00 00), DI 0203FF00, the active power block (total, A, B, C; 3 bytes XX.XXXX kW each,
+# sign in bit 7 of the top byte), sent DI0 first as 00 FF 03 02, which is 33 32 36 35 after +33H.
+#   total  1.6512 kW: BCD 01 65 12, low byte first 12 65 01, +33H: 45 98 34
+#   A      0.8000 kW: 00 80 00 -> 00 80 00 -> 33 B3 33   (80H in the middle byte is a digit, not a sign)
+#   B      0.9012 kW: 00 90 12 -> 12 90 00 -> 45 C3 33
+#   C     -0.0500 kW: 80 05 00 -> 00 05 80 -> 33 38 B3   (exporting: sign bit set)
+# 11H gets B1H (more follows) with total and A; 12H with SEQ 1 (34 on the wire) gets B2H with B and
+# SEQ 1; 12H with SEQ 2 (35) gets 92H with C and SEQ 2 and ends the exchange. Each CS is the sum of
+# the bytes from the first 68H to the last data byte, mod 256, worked out below in _sum_mod_256.
+FOLLOW_UP_EXCHANGE = {
+    "read": "68 61 01 00 00 00 00 68 11 04 33 32 36 35 17 16",
+    "B1": "68 61 01 00 00 00 00 68 B1 0A 33 32 36 35 45 98 34 33 B3 33 E7 16",
+    "follow 1": "68 61 01 00 00 00 00 68 12 05 33 32 36 35 34 4D 16",
+    "B2": "68 61 01 00 00 00 00 68 B2 08 33 32 36 35 45 C3 33 34 2B 16",
+    "follow 2": "68 61 01 00 00 00 00 68 12 05 33 32 36 35 35 4E 16",
+    "92": "68 61 01 00 00 00 00 68 92 08 33 32 36 35 33 38 B3 35 EF 16",
+    "D2": "68 61 01 00 00 00 00 68 D2 01 35 3A 16",  # abnormal follow-up reply, ERR bit1: no such data
+}
+
+
+def _sum_mod_256(frame: bytes) -> int:
+    """The DL/T 645 checksum by plain arithmetic: 68H through the last data byte, mod 256."""
+    total = 0
+    for b in frame[: 10 + frame[9]]:
+        total += b
+    return total % 256
+
+
+@pytest.mark.parametrize("name", list(FOLLOW_UP_EXCHANGE))
+def test_hand_written_follow_up_frames_are_well_formed(name: str) -> None:
+    raw = bytes.fromhex(FOLLOW_UP_EXCHANGE[name])
+    assert len(raw) == 10 + raw[9] + 2 and raw[-1] == 0x16
+    assert raw[-2] == _sum_mod_256(raw)
+    frame = dlt645.parse_frame(raw)
+    control = {"read": 0x11, "follow 1": 0x12, "follow 2": 0x12}.get(name) or int(name, 16)
+    assert (frame.address, frame.control) == ("000000000161", control)
+
+
+def test_hand_written_follow_up_exchange_decodes() -> None:
+    ex = {k: bytes.fromhex(v) for k, v in FOLLOW_UP_EXCHANGE.items()}
+    first = dlt645.decode_read(dlt645.parse_frame(ex["B1"], replies_only=True))
+    assert (first.di, first.seq, first.follow_up, first.values) == (0x0203FF00, None, True, (1.6512, 0.8))
+    second = dlt645.decode_read(dlt645.parse_frame(ex["B2"], replies_only=True))
+    assert (second.di, second.seq, second.follow_up, second.values) == (0x0203FF00, 1, True, (0.9012,))
+    last = dlt645.decode_read(dlt645.parse_frame(ex["92"], replies_only=True))
+    assert (last.di, last.seq, last.follow_up, last.values) == (0x0203FF00, 2, False, (-0.05,))
+    for seq, name in ((1, "follow 1"), (2, "follow 2")):  # the encoder writes the same bytes, FE aside
+        assert dlt645.encode_read_follow_up("000000000161", 0x0203FF00, seq, preamble=0) == ex[name]
+    assert dlt645.encode_read("000000000161", 0x0203FF00, preamble=0) == ex["read"]
+    with pytest.raises(FrameError) as err:
+        dlt645.decode_read(dlt645.parse_frame(ex["D2"], replies_only=True))
+    assert err.value.kind == "error_reply"
+    corrupt = ex["B2"][:-2] + bytes([(ex["B2"][-2] + 1) % 256]) + ex["B2"][-1:]
+    with pytest.raises(FrameError):
+        dlt645.parse_frame(corrupt)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from gateway.protocols import cjt188, dlt645, modbus
 from gateway.protocols.base import FrameError, Request
 from gateway.protocols.drivers import DriverConfigError, dlt645_time_sync, make_driver
 from tests.conftest import VECTORS
+from tests.test_protocol_dlt645 import FOLLOW_UP_EXCHANGE
 
 DLT = {v["hex"]: v for v in json.loads((VECTORS / "dlt645.json").read_text(encoding="utf-8"))["vectors"]}
 CJT = json.loads((VECTORS / "cjt188.json").read_text(encoding="utf-8"))["vectors"]
@@ -128,6 +129,29 @@ def test_dlt645_follow_up_frames_continue_a_block() -> None:
     decoded = driver.decode(follow2, last)
     assert decoded.values == {"power_l3_w": -200.0}
     assert decoded.follow_up == ()
+
+
+def test_dlt645_follow_up_exchange_written_by_hand() -> None:
+    """The driver's requests equal the hand-written ones byte for byte; the hand-written replies decode."""
+    ex = {k: bytes.fromhex(v) for k, v in FOLLOW_UP_EXCHANGE.items()}
+    fe = bytes.fromhex("FE FE FE FE")  # the driver's wake-up preamble, outside the checksum
+    driver = make_driver("dlt645", "e1", "000000000161", {"dis": ["0203FF00"]})
+    request = _only(driver.poll())
+    assert request.frame == fe + ex["read"]
+    decoded = driver.decode(request, ex["B1"])
+    assert decoded.values == {"power_w": 1651.2, "power_l1_w": 800.0}
+    follow = _only(list(decoded.follow_up))
+    assert follow.frame == fe + ex["follow 1"]
+    decoded = driver.decode(follow, ex["B2"])
+    assert decoded.values == {"power_l2_w": 901.2}
+    follow2 = _only(list(decoded.follow_up))
+    assert follow2.frame == fe + ex["follow 2"]
+    decoded = driver.decode(follow2, ex["92"])
+    assert decoded.values == {"power_l3_w": -50.0}
+    assert decoded.follow_up == ()
+    with pytest.raises(FrameError) as err:
+        driver.decode(follow2, ex["D2"])
+    assert err.value.kind == "error_reply"
 
 
 def test_dlt645_endless_follow_ups_are_cut_off() -> None:

@@ -19,7 +19,7 @@ ALL = json.loads((VECTORS / "modbus_rtu.json").read_text(encoding="utf-8"))["vec
 GOOD = [v for v in ALL if v["crc_ok"]]
 BAD = [v for v in ALL if not v["crc_ok"]]
 
-# SDM register addresses of the values named in the vectors (protocols.md §3.1).
+# SDM register addresses of the values named in the vectors (docs/references.md#modbus).
 SDM_ADDRESS = {
     "V_L1": 0x00, "V_L2": 0x02, "V_L3": 0x04, "I_L1": 0x06, "P_L1_W": 0x0C, "Q_L1_var": 0x18,
     "Q_L3_var": 0x1C, "PF_L1": 0x1E, "phase_angle_L1": 0x24, "total_P_W": 0x34, "total_PF": 0x3E,
@@ -140,7 +140,7 @@ def test_reply_errors_are_specific() -> None:
     assert err.value.kind == "checksum"
 
 
-# 230.2 as float32 (0x43663334) in the four orders of protocols.md §3.3.
+# 230.2 as float32 (0x43663334) in the four word orders (docs/references.md#modbus).
 @pytest.mark.parametrize(
     ("wire", "byte_order", "word_order"),
     [("43 66 33 34", "big", "big"), ("33 34 43 66", "big", "little"),

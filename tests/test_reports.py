@@ -17,6 +17,7 @@ from api.accounting.cli import report_app
 from campusmon.config import CampusConfig
 from campusmon.services import free_port
 from firmware_sim.month import SimMonth, write_readings
+from tests.auth_helpers import admin_headers
 from tests.helpers import write_config
 from tests.test_accounting_api import ACCOUNTING, make_app, message
 from tests.test_consumption_truth import MONTH, campus_config, faulty_month
@@ -36,7 +37,7 @@ def month(influxdb, tmp_path_factory) -> Iterator[tuple[TestClient, CampusConfig
     app = make_app(cfg)
     app.state.store.ensure_database()
     write_readings(app.state.store, [r for r in sim.readings if r.meter != "e-empty-1"])
-    with TestClient(app) as client:
+    with TestClient(app, headers=admin_headers(cfg)) as client:
         yield client, cfg, sim, tmp
     app.state.store.close()
     app.state.engine.dispose()
@@ -119,7 +120,10 @@ def test_json_and_html_say_the_same(month):
 
 @pytest.mark.parametrize(
     ("params", "problem"),
-    [({"month": "2026-13"}, "not YYYY-MM"), ({"month": MONTH, "format": "xml"}, "format: 'xml' is not")],
+    [
+        ({"month": "2026-13"}, "month='2026-13': use YYYY-MM"),
+        ({"month": MONTH, "format": "xml"}, "format: Input should be 'json', 'csv' or 'html'"),
+    ],
 )
 def test_bad_report_parameters(month, params, problem):
     client, _, _, _ = month

@@ -86,6 +86,7 @@ class Trace:
     clears: list[tuple[int, str]] = field(default_factory=list)
     levels: list[tuple[int, str, Level]] = field(default_factory=list)
     last: dict[str, Any] = field(default_factory=dict)
+    fired: dict[str, Any] = field(default_factory=dict)  # the last FIRING finding per subject
 
     def opened(self, subject: str | None = None) -> list[int]:
         return [ts for ts, s in self.opens if subject is None or s == subject]
@@ -100,13 +101,15 @@ def run(
     step: int = H,
     quotas: list[Quota] | None = None,
     data_start: int | None = None,
+    rates: dict[str, list[tuple[int, float]]] | None = None,
+    expected: dict[str, int] | None = None,
 ) -> Trace:
     """Evaluate one rule every ``step`` from ``start`` to ``end`` and follow the lifecycle as the store does."""
     acfg = parse_alerts(cfg)
     cal = calendar_for(cfg)
     first = data_start if data_start is not None else min(p[0][0] for p in points.values() if p)
     timeline = Timeline.build(first, end, TZ, cal)
-    series = build_campus(cfg, timeline, points, cal)
+    series = build_campus(cfg, timeline, points, cal, rates=rates)
     children: dict[str, list[str]] = {}
     for m in cfg.meters:
         if m.parent:
@@ -116,13 +119,17 @@ def run(
     tr = Trace()
     now = start
     while now <= end:
-        ctx = WindowContext(now, timeline.complete_upto(now), timeline, series, children, quotas or [])
+        ctx = WindowContext(
+            now, timeline.complete_upto(now), timeline, series, children, quotas or [], expected or {}
+        )
         for f in window_findings(acfg, ctx, lambda r, s: states.get(subject_key(s), {}), [rule]):
             key = subject_key(f.subject)
             if f.state is not None:
                 states[key] = f.state
             tr.levels.append((now, f.subject.id, f.level))
             tr.last[f.subject.id] = f
+            if f.level is Level.FIRING:
+                tr.fired[f.subject.id] = f
             is_open = key in open_
             act = decide(is_open, open_.get(key, 0), False, f.level, f.clear_after)
             if act is Action.OPEN:

@@ -21,6 +21,7 @@ from api.alerts.backtest import backtest
 from campusmon.db import init_db
 from campusmon.influx import open_store
 from firmware_sim import scenario as sc
+from tests.auth_helpers import admin_headers
 
 WEEK = date(2025, 11, 3)
 
@@ -113,7 +114,7 @@ def test_backtest_results_stay_out_of_the_live_feed_unless_committed(week) -> No
 
     scn, cfg, _path, _store, _s, _n = week
     day = scn.week_start + 2 * 86400
-    with TestClient(create_app(cfg, start_jobs=False)) as c:
+    with TestClient(create_app(cfg, start_jobs=False), headers=admin_headers(cfg)) as c:
         r = c.post(
             "/api/v1/alerts/backtest", json={"start": str(day), "end": str(day + 86400), "rules": ["dorm.*"]}
         )
@@ -211,3 +212,170 @@ def test_quiet_month_false_alarm_rate(influxdb, tmp_path: Path) -> None:
     assert card.false_per_1000_meter_days <= 1.0, [
         (a["rule"], a["subject"], a["first_seen"]) for a in res.alerts
     ]
+
+
+@pytest.fixture(scope="module")
+def week_alerts(week) -> list[dict[str, Any]]:
+    scn, cfg, _path, store, sessions, _n = week
+    return backtest(cfg, store, scn.week_start, scn.end, None, 900, sessions).alerts
+
+
+def _at(iso: str | None) -> int:
+    from datetime import datetime
+
+    assert iso is not None
+    return int(datetime.fromisoformat(iso).timestamp())
+
+
+def test_every_alert_carries_the_evidence_it_was_judged_on(week, week_alerts) -> None:
+    assert week_alerts
+    for a in week_alerts:
+        ev = a["evidence"]
+        for k in ("meter", "quantity", "start", "end", "value", "threshold", "baseline", "baseline_method"):
+            assert k in ev, (a["rule"], k)
+        assert ev["end"] is not None and ev["baseline_method"], a["rule"]
+        if a["meter"] is not None:
+            assert ev["meter"] == a["meter"]
+
+
+def test_message_facts_equal_the_simulated_truth(week, week_alerts) -> None:
+    """Start time, kind of day, duration and waste of each injected event, with the tolerance per figure."""
+    from datetime import datetime
+
+    from api.accounting.settings import calendar_for
+    from api.alerts.rules.electricity import EMPTY_WORDS
+
+    scn, cfg, _path, _store, _s, _n = week
+    cal = calendar_for(cfg)
+    tz = cfg.site.tz
+    ev = {e.meter: e for e in scn.events}
+
+    def alert(rule: str, subject: str) -> dict[str, Any]:
+        hits = [a for a in week_alerts if a["rule"] == rule and a["subject"]["id"] == subject]
+        assert len(hits) == 1, (rule, subject, len(hits))
+        return hits[0]
+
+    def first_empty(e: sc.WasteEvent) -> int:
+        b = cfg.building(cfg.meter(e.meter).building)  # type: ignore[union-attr]
+        t = e.start
+        while cal.is_occupied(b, datetime.fromtimestamp(t, tz)):  # type: ignore[arg-type]
+            t += 3600
+        return t
+
+    # Lights left on from Friday 18:00: the building empties at closing (22:00), then the weekend.
+    lights = ev["e-teach-2"]
+    a = alert("after_hours.usage", "e-teach-2")
+    assert _at(a["since"]) == first_empty(lights)  # exact to the hour
+    # Truth from the calendar: why each empty hour of the event was empty (Friday is a closing, not a weekend).
+    b2 = cfg.building("teach-2")
+    why: list[str] = []
+    for t in range(first_empty(lights), lights.end, 3600):
+        lt = datetime.fromtimestamp(t, tz)
+        w = EMPTY_WORDS[cal.day_kind(lt.date())]
+        if not cal.is_occupied(b2, lt) and w not in why:  # type: ignore[arg-type]
+            why.append(w)
+    assert why[:2] == ["after closing", "weekend"]
+    assert a["detail"]["empty_because"] == why
+    assert f"({', then '.join(why)})" in a["message"]
+    assert f"since {datetime.fromtimestamp(first_empty(lights), tz):%a %d %b %Y %H:%M}" in a["message"]
+    truth = lights.extra / 1000 * 24  # kWh per whole empty day
+    assert abs(a["waste"]["per_day"] - truth) <= 0.1 * truth  # 10 %: the usual load is noisy
+    # Air conditioning in the vacation: empty all day, so the last 24 h are 24 h of waste.
+    ac = ev["e-teach-1"]
+    a = alert("after_hours.usage", "e-teach-1")
+    assert _at(a["since"]) == first_empty(ac) and a["detail"]["empty_because"] == ["vacation"]
+    assert abs(a["waste"]["per_day"] - ac.extra / 1000 * 24) <= 0.1 * ac.extra / 1000 * 24
+    # The kettle: how long the step had lasted when the alert fired (30 s, one reading interval late at most).
+    kettle = ev["e-dorm-1-r301"]
+    a = alert("dorm.high_power", "dorm-1-301")
+    assert _at(a["since"]) == kettle.start
+    assert 30 <= a["detail"]["lasted_s"] <= 30 + sc.ROOM_INTERVAL_S
+    assert f"stayed there for {a['detail']['lasted_s']} s" in a["message"]
+    # The night leak: 0.25 m3/h above the usual night flow, all day long.
+    leak = ev["w-lab-1"]
+    a = alert("leak.night_flow", "w-lab-1")
+    assert abs(a["waste"]["per_day"] - leak.extra * 24) <= 0.15 * leak.extra * 24
+    assert leak.start <= _at(a["since"]) <= leak.start + 6 * 3600
+
+
+def _labels(scn: sc.Scenario, cfg: Any) -> dict[str, Any]:
+    """The scenario's events as a campus would label them (docs/alerts.md#labelled-incidents)."""
+    from datetime import datetime
+
+    tz = cfg.site.tz
+    out = []
+    for e in scn.events:
+        where = (
+            {"meter": e.meter} if e.subjects == (e.meter,) else {"building": cfg.meter(e.meter).building}  # type: ignore[union-attr]
+        )
+        out.append(
+            {
+                "name": e.name,
+                **where,
+                "start": datetime.fromtimestamp(e.start, tz).isoformat(),
+                "end": datetime.fromtimestamp(e.end, tz).isoformat(),
+                "rules": list(e.rules),
+                "also": list(e.also),
+            }
+        )
+    return {"grace_h": 24, "incidents": out}
+
+
+def test_backtest_cli_scores_labelled_incidents(week, tmp_path: Path) -> None:
+    from campusmon.cli import app
+
+    scn, cfg, path, _store, _s, _n = week
+    labels = tmp_path / "incidents.json"
+    labels.write_text(json.dumps(_labels(scn, cfg)))
+    args = [
+        "alerts",
+        "backtest",
+        "--config",
+        str(path),
+        "--start",
+        str(scn.week_start),
+        "--end",
+        str(scn.end),
+    ]
+    res = CliRunner().invoke(app, [*args, "--step", "900", "--labels", str(labels)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stderr.strip().splitlines()[-1])
+    score = summary["score"]
+    assert score["incidents"] == len(scn.events) and score["recall"] == 1.0, score
+    assert score["false_per_1000_meter_days"] <= 1.0, score["false"]
+    by_name = {p["name"]: p for p in score["per_incident"]}
+    card = sc.score(
+        scn,
+        cfg,
+        [json.loads(x) for x in res.stdout.splitlines() if x.startswith('{"id"')],
+        scn.week_start,
+        scn.end,
+    )
+    for name, d in card.detected.items():  # the delays agree with the scenario's own scorecard
+        assert by_name[name]["delay_s"] == d["delay_s"], name
+    bad = labels.with_name("bad.json")
+    bad.write_text(
+        json.dumps([{"meter": "w-lab-1", "start": "2025-11-04", "end": "2025-11-03", "rules": ["x.y"]}])
+    )
+    res = CliRunner().invoke(app, [*args, "--labels", str(bad)])
+    assert res.exit_code == 2 and "end is before start" in res.output
+
+
+def test_backtest_api_scores_labelled_incidents(week) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    scn, cfg, _path, _store, _s, _n = week
+    kettle = next(e for e in scn.events if e.meter == "e-dorm-1-r301")
+    day = kettle.start - kettle.start % 86400
+    labels = [i for i in _labels(scn, cfg)["incidents"] if i["name"] == kettle.name]
+    with TestClient(create_app(cfg, start_jobs=False), headers=admin_headers(cfg)) as c:
+        body = {"start": str(day), "end": str(day + 86400), "rules": ["dorm.high_power"], "labels": labels}
+        r = c.post("/api/v1/alerts/backtest", json=body)
+        assert r.status_code == 200, r.text
+        score = r.json()["score"]
+        assert score["recall"] == 1.0 and score["false_alerts"] == 0
+        assert 30 <= score["per_incident"][0]["delay_s"] <= 30 + sc.ROOM_INTERVAL_S
+        bad = c.post("/api/v1/alerts/backtest", json={**body, "labels": [{"meter": "x", "rules": []}]})
+        assert bad.status_code == 422 and "labels" in bad.text

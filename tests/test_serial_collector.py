@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,11 @@ def test_readings_reach_influxdb_with_their_tags_and_survive_an_influxdb_outage(
         }
 
         influx.stop()
-        time.sleep(6)  # three polls with nowhere to write
+        sweeps = sc.buses[0].health()["sweeps"]
+        wait_until(lambda: not sc.writer.health()["influxdb_up"], 60, 0.1, "the writer to see InfluxDB down")
+        wait_until(
+            lambda: sc.buses[0].health()["sweeps"] >= sweeps + 3, 60, 0.1, "three polls, nowhere to write"
+        )
         assert sc.outbox.depth > 0 and not sc.writer.health()["influxdb_up"]
         metrics = (
             urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()

@@ -1,6 +1,6 @@
 """Simulated serial meters and bus, driven with request frames written here by hand.
 
-The requests come from protocols.md and the shared vectors (or are assembled below with the
+The requests come from the protocol texts (docs/references.md#meter-protocols) and tests/vectors (or are assembled below with the
 protocol's own rules); nothing here uses the gateway's codecs, so these tests check the simulators
 against the protocol text, and the gateway's tests can then check the gateway against the simulators.
 """

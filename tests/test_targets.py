@@ -11,8 +11,11 @@ from fastapi.testclient import TestClient
 
 from api.accounting.routes import router
 from api.accounting.targets import TargetInvalid, TargetSpec, allowance, validate_spec
+from api.app import install_error_handlers
+from api.auth import install_auth
 from campusmon.db import init_db
 from campusmon.influx import open_store
+from tests.auth_helpers import admin_headers
 from tests.conftest import SMALL_CAMPUS
 
 GROUPED = {**SMALL_CAMPUS, "buildings": [{**b, "group": "north"} for b in SMALL_CAMPUS["buildings"]]}
@@ -28,11 +31,13 @@ def client(make_config, influxdb, db_url):
     """Targets live in the relational store: every API test here runs on SQLite and on PostgreSQL."""
     cfg = make_config(influx=influxdb, data=GROUPED, database={"url": db_url})
     app = FastAPI()
-    app.include_router(router)
     app.state.cfg = cfg
     app.state.store = open_store(cfg)
     engine, app.state.sessions = init_db(cfg.database.url)
-    with TestClient(app) as c:
+    install_error_handlers(app)
+    install_auth(app)  # who changed a target is the authenticated identity
+    app.include_router(router)
+    with TestClient(app, headers=admin_headers(cfg)) as c:
         yield c
     app.state.store.close()
     engine.dispose()
@@ -48,17 +53,23 @@ QUOTA = {
 }
 
 
+def as_user(client: TestClient, name: str) -> dict[str, str]:
+    """A bearer token of an operator called ``name``: the audit trail names the identity, not a header."""
+    store = client.app.state.auth.store  # type: ignore[attr-defined]
+    store.add_user(name, "a long enough password", "operator")
+    return {"Authorization": f"Bearer {store.create_token(name, 'operator', user=name)[0]}"}
+
+
 def test_create_read_update_delete_with_audit_trail(client):
-    r = client.post("/api/v1/targets", json=QUOTA, headers={"X-Actor": "energy office"})
+    office, auditor = as_user(client, "energy-office"), as_user(client, "auditor")
+    r = client.post("/api/v1/targets", json=QUOTA, headers={**office, "X-Actor": "mallory"})
     assert r.status_code == 201, r.text
     t = r.json()
     assert (t["kind"], t["category"], t["unit"]) == ("electricity", "01000", "kWh/month")
     tid = t["id"]
     assert client.get(f"/api/v1/targets/{tid}").json()["value"] == 30000
 
-    r = client.patch(
-        f"/api/v1/targets/{tid}", json={"value": 28500, "note": "-5 %"}, headers={"X-Actor": "auditor"}
-    )
+    r = client.patch(f"/api/v1/targets/{tid}", json={"value": 28500, "note": "-5 %"}, headers=auditor)
     assert r.status_code == 200 and r.json()["value"] == 28500 and r.json()["period"] == "month"
     r = client.put(f"/api/v1/targets/{tid}", json={**QUOTA, "value": 27000})
     assert r.status_code == 200 and r.json()["value"] == 27000 and r.json()["note"] == ""
@@ -67,13 +78,13 @@ def test_create_read_update_delete_with_audit_trail(client):
         "targets"
     ]
     assert [x["id"] for x in listed] == [tid]
-    assert client.delete(f"/api/v1/targets/{tid}", headers={"X-Actor": "auditor"}).status_code == 204
+    assert client.delete(f"/api/v1/targets/{tid}", headers=auditor).status_code == 204
     assert client.get(f"/api/v1/targets/{tid}").status_code == 404
     assert client.delete(f"/api/v1/targets/{tid}").status_code == 404
 
     hist = client.get(f"/api/v1/targets/{tid}/history").json()["history"]
     assert [(h["action"], h["actor"]) for h in hist] == [
-        ("delete", "auditor"), ("update", "api"), ("update", "auditor"), ("create", "energy office")
+        ("delete", "auditor"), ("update", "token:test-admin"), ("update", "auditor"), ("create", "energy-office")
     ]  # fmt: skip
     assert hist[2]["before"]["value"] == 30000 and hist[2]["after"]["value"] == 28500
     assert hist[0]["after"] is None and hist[0]["before"]["value"] == 27000
@@ -92,7 +103,7 @@ def test_create_read_update_delete_with_audit_trail(client):
             {**QUOTA, "category": "02000", "kind": "electricity"},
             "category 02000 does not fit kind electricity",
         ),
-        ({**QUOTA, "category": "lighting"}, "is not a sub-item code"),
+        ({**QUOTA, "category": "lighting"}, "category='lighting': not a sub-item code"),
         ({**QUOTA, "type": "reduction", "period": None, "value": 120}, "must be under 100"),
         ({**QUOTA, "type": "intensity"}, "period applies to quotas only"),
         ({**QUOTA, "valid_from": "2026-12-01", "valid_to": "2026-01-01"}, "valid_to is before valid_from"),
@@ -101,7 +112,7 @@ def test_create_read_update_delete_with_audit_trail(client):
             {**QUOTA, "type": "bonus"},
             "type: Input should be 'quota', 'intensity', 'per_capita' or 'reduction'",
         ),
-        ([1, 2], "body: expected a JSON object"),
+        ([1, 2], "body: Input should be a valid dictionary"),
     ],
 )
 def test_invalid_targets_are_refused_with_the_field_and_problem(client, body: Any, problem: str):

@@ -7,13 +7,28 @@ from datetime import UTC, datetime
 
 import pytest
 
+from campusmon.config import parse_config
+from campusmon.ingest import rules_from
 from campusmon.reading import Reading
-from campusmon.wire import GATEWAY_TOPIC, METER_TOPIC, Rules, encode_senml, parse_payload
-from tests.malformed import NOW, corpus
+from campusmon.wire import GATEWAY_TOPIC, METER_TOPIC, REASONS, Rules, encode_senml, parse_payload
+from tests.malformed import NOW, Case, corpus, registry
 
 KINDS = {"e-dorm-1": "electricity", "w-dorm-1": "water"}
 RULES = Rules(meter_kind=KINDS.get, strict=True)
 GW = GATEWAY_TOPIC.format(gateway_id="gw-1")
+
+
+def _registry_rules() -> Rules:
+    reg = registry()
+    data = {
+        "buildings": [{"id": "dorm-1"}],
+        "gateways": reg["gateways"],
+        "meters": [{**mm, "building": "dorm-1"} for mm in reg["meters"]],
+    }
+    return rules_from(parse_config(data, "corpus", environ={}))
+
+
+REGISTRY_RULES = _registry_rules()
 
 
 def test_senml_pack_with_base_name_and_base_time() -> None:
@@ -63,20 +78,22 @@ def test_fractional_seconds_are_truncated_not_rounded_up() -> None:
     assert res.readings[0].ts == int(NOW - 0.9)
 
 
-@pytest.mark.parametrize(("label", "payload", "reason"), corpus(), ids=[c[0] for c in corpus()])
-def test_every_malformed_payload_is_refused_with_its_reason(label: str, payload: bytes, reason: str) -> None:
-    res = parse_payload(
-        payload, METER_TOPIC.format(meter_id="e-dorm-1") if "urn" not in label else GW, RULES, NOW
-    )
-    assert res.readings == []
-    assert {r.reason for r in res.rejections} == {reason}, label
+CORPUS = corpus()
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[c.label for c in CORPUS])
+def test_every_malformed_payload_is_refused_with_its_reason(case: Case) -> None:
+    res = parse_payload(case.payload, case.topic("e-dorm-1", "w-dorm-1", "gw-1"), REGISTRY_RULES, NOW)
+    assert len(res.readings) == case.stored, case.label
+    assert {r.reason for r in res.rejections} == {case.reason}, case.label
     assert all(r.detail for r in res.rejections)
+    json.dumps([r.record for r in res.rejections])  # what is kept of a refusal is always printable
 
 
-def test_corpus_is_large_and_covers_many_reasons() -> None:
-    c = corpus()
-    assert len(c) >= 30
-    assert len({r for _, _, r in c}) >= 14
+def test_corpus_is_large_and_covers_every_reason_the_parser_gives() -> None:
+    assert len(CORPUS) >= 80
+    parser_reasons = set(REASONS) - {"store_rejected", "internal_error"}
+    assert {c.reason for c in CORPUS} == parser_reasons
 
 
 def test_valid_records_survive_bad_neighbours_in_one_message() -> None:

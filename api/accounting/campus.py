@@ -2,8 +2,8 @@
 
 A main meter already includes its sub-meters, so a total takes only the meters whose ancestors are
 not themselves in the selection: a building total is its main meters, a sub-item total is the
-highest meters of that sub-item. Sub-item codes follow the energy classification of standards §1.5
-(01A00 lighting and sockets, 01B00 HVAC, 01C00 power, 01D00 special, 02000 water); a code covers
+highest meters of that sub-item. Sub-item codes follow the energy classification of
+docs/references.md#sub-item-codes (01A00 lighting and sockets, 01B00 HVAC, 01C00 power, 01D00 special, 02000 water); a code covers
 its finer codes (01B00 covers 01B10 and 01B1A).
 """
 

@@ -2,7 +2,8 @@
 
 Days, weeks, months and years start at local midnight, so a day is 23 or 25 hours long on a DST
 change; hours are the instants where the local clock shows a whole hour, so the repeated autumn hour
-is two buckets. Storage and queries stay in UTC; only the cut is local (anchors §3 item 5).
+is two buckets. Storage and queries stay in UTC; only the cut is local
+(docs/references.md#local-time-buckets).
 """
 
 from __future__ import annotations

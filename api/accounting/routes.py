@@ -2,25 +2,91 @@
 
 from __future__ import annotations
 
+import copy
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from datetime import date
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, WithJsonSchema, create_model
+from pydantic.fields import FieldInfo
 from sqlalchemy.orm import Session
 
 from api.accounting import periods, service, target_repo
 from api.accounting.campus import ScopeError, parse_scope
 from api.accounting.report import to_csv, to_html, to_json
 from api.accounting.settings import AccountingSettings, accounting_settings
-from api.accounting.targets import TargetInvalid, validate_spec
+from api.accounting.targets import ScopeType, TargetInvalid, TargetSpec, validate_spec
+from api.auth import actor
+from api.deps import ID_PATTERN, RowId, errors
+from api.timeparse import LOCAL_TIME_DOC, LOCAL_TIME_PATTERN, MONTH_PATTERN, PATTERN_HINTS
 from campusmon.config import CampusConfig, ConfigError
 from campusmon.influx import InfluxStore, QueryError, StoreUnavailable
 from campusmon.quantities import MeterKind
 
-router = APIRouter(tags=["accounting"])
+router = APIRouter(
+    tags=["accounting"],
+    responses=errors(422, 503, e503="InfluxDB (or the target database) is unavailable; retry later"),
+)
+_INFLUX = errors(502)
+_NO_TARGET = errors(404, e404="no such target")
+SCOPE_PATTERN = (
+    "^(?:campus|(?:building|meter):[A-Za-z0-9_.-]{1,200}|group:.{1,200}|category:[0-9]{2}[A-Z0-9]{3,20})$"
+)
+CATEGORY_PATTERN = r"^(?:[0-9]{2}[A-Z0-9]{3,20})?$"
+PATTERN_HINTS[SCOPE_PATTERN] = (
+    "use campus, building:<id>, group:<name>, category:<code> (a sub-item code such as 01A00) or meter:<id>"
+)
+PATTERN_HINTS[CATEGORY_PATTERN] = "not a sub-item code such as 01A00 or 02000"
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _date_text(v: Any) -> Any:
+    """Only ``YYYY-MM-DD`` text: pydantic alone would also take a number of seconds or a date-time."""
+    if isinstance(v, date) or (isinstance(v, str) and _ISO_DATE.fullmatch(v)):
+        return v
+    raise ValueError("expected a date as YYYY-MM-DD")
+
+
+IsoDate = Annotated[date, BeforeValidator(_date_text), WithJsonSchema({"type": "string", "format": "date"})]
+
+
+class TargetBody(TargetSpec):
+    """An energy-saving target. Besides the field types: ``scope_id`` is empty for ``campus`` and names a
+    building or group otherwise; ``period`` is required for a ``quota`` and absent for other types; a
+    ``reduction`` is under 100 (percent) and alone takes ``baseline_start``/``baseline_end`` (both or
+    neither, in order); ``valid_to`` is not before ``valid_from``; ``kind`` follows from ``category``
+    (codes 02... are water) and must agree with it when both are given."""
+
+    scope_id: str = Field(default="", max_length=200, description="building id or group name")
+    category: str = Field(default="", pattern=CATEGORY_PATTERN, description="sub-item code, e.g. 01A00")
+    value: StrictFloat = Field(
+        gt=0, description="see the type: kWh or m3, per m2 and year, per person and day, or %"
+    )
+    baseline_start: IsoDate | None = None
+    baseline_end: IsoDate | None = None
+    valid_from: IsoDate | None = None
+    valid_to: IsoDate | None = None
+    note: str = Field(default="", max_length=2000)
+
+
+def _optional(f: FieldInfo) -> FieldInfo:
+    g = copy.copy(f)
+    g.default, g.default_factory = None, None
+    return g
+
+
+# A partial target: any of the fields, merged into the stored one and then checked as a whole.
+TargetPatch: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "TargetPatch",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="Fields to change; the merged target must be valid as a whole (see TargetBody).",
+    **{n: (f.annotation, _optional(f)) for n, f in TargetBody.model_fields.items()},
+)
 
 
 def _cfg(request: Request) -> CampusConfig:
@@ -78,17 +144,27 @@ def _month(month: str | None, cfg: CampusConfig, now: int) -> str:
 _DEFAULT_SPAN = {"hour": "day", "day": "month", "week": "month", "month": "year", "year": "year"}
 
 
-@router.get("/api/v1/consumption")
+@router.get(
+    "/api/v1/consumption",
+    responses=_INFLUX
+    | errors(
+        404,
+        e404="the scope's building, meter or group is not in the campus config",
+        e422="invalid parameter, end not after start, or a range over three years",
+    ),
+)
 def consumption(
     request: Request,
     scope: str = Query(
-        "campus", description="campus | building:<id> | group:<name> | category:<code> | meter:<id>"
+        "campus",
+        pattern=SCOPE_PATTERN,
+        description="campus | building:<id> | group:<name> | category:<code> | meter:<id>",
     ),
     period: periods.Period = Query("day"),
     start: str | None = Query(
-        None, description="local date or date-time; default: start of the current span"
+        None, pattern=LOCAL_TIME_PATTERN, description=LOCAL_TIME_DOC + "; default: start of the current span"
     ),
-    end: str | None = Query(None, description="exclusive; default: now"),
+    end: str | None = Query(None, pattern=LOCAL_TIME_PATTERN, description="exclusive; default: now"),
 ) -> dict[str, Any]:
     cfg, settings = _cfg(request), _settings(request)
     tz = cfg.site.tz
@@ -102,11 +178,18 @@ def consumption(
         return service.consumption_series(_store(request), cfg, settings, sc, period, t0, t1, now)
 
 
-@router.get("/api/v1/buildings/{building_id}/summary")
+@router.get(
+    "/api/v1/buildings/{building_id}/summary",
+    responses=_INFLUX | errors(404, e404="the building is not in the campus config"),
+)
 def building_summary(
     request: Request,
-    building_id: str,
-    at: str | None = Query(None, description="evaluate as of this local time (default: now)"),
+    building_id: Annotated[str, Path(pattern=ID_PATTERN, max_length=200)],
+    at: str | None = Query(
+        None,
+        pattern=LOCAL_TIME_PATTERN,
+        description="evaluate as of this time (default: now): " + LOCAL_TIME_DOC,
+    ),
 ) -> dict[str, Any]:
     cfg, settings = _cfg(request), _settings(request)
     if cfg.building(building_id) is None:
@@ -116,19 +199,15 @@ def building_summary(
         return service.building_summary(_store(request), cfg, settings, building_id, _targets(request), now)
 
 
-@router.get("/api/v1/rankings")
+@router.get("/api/v1/rankings", responses=_INFLUX)
 def rankings(
     request: Request,
-    period: str = Query("month"),
-    month: str | None = Query(None, description="YYYY-MM (default: this month)"),
-    metric: str = Query("intensity", description="intensity | per_capita | vs_target"),
+    period: Literal["month"] = Query("month", description="rankings are monthly assessments"),
+    month: str | None = Query(None, pattern=MONTH_PATTERN, description="YYYY-MM (default: this month)"),
+    metric: Literal[service.METRICS] = Query("intensity"),  # type: ignore[valid-type]
     kind: MeterKind = Query(MeterKind.ELECTRICITY),
 ) -> dict[str, Any]:
     cfg, settings = _cfg(request), _settings(request)
-    if period != "month":
-        raise HTTPException(422, detail="period: rankings are monthly assessments; use period=month")
-    if metric not in service.METRICS:
-        raise HTTPException(422, detail=f"metric: {metric!r} is not one of {', '.join(service.METRICS)}")
     now = int(time.time())
     with _influx_errors():
         rep = service.monthly_report(
@@ -142,15 +221,26 @@ def rankings(
     }
 
 
-@router.get("/api/v1/reports/monthly", response_model=None)
+@router.get(
+    "/api/v1/reports/monthly",
+    response_model=None,
+    responses=_INFLUX
+    | {
+        200: {
+            "description": "the report as JSON, CSV or HTML (see format)",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "text/html": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
 def monthly_report(
     request: Request,
-    month: str | None = Query(None, description="YYYY-MM (default: this month)"),
-    format: str = Query("json", description="json | csv | html"),
+    month: str | None = Query(None, pattern=MONTH_PATTERN, description="YYYY-MM (default: this month)"),
+    format: Literal["json", "csv", "html"] = Query("json"),
 ) -> Response | dict[str, Any]:
     cfg, settings = _cfg(request), _settings(request)
-    if format not in ("json", "csv", "html"):
-        raise HTTPException(422, detail=f"format: {format!r} is not json, csv or html")
     now = int(time.time())
     with _influx_errors():
         rep = service.monthly_report(
@@ -169,7 +259,9 @@ def monthly_report(
 
 
 @router.get("/api/v1/targets")
-def list_targets(request: Request, scope: str | None = None, scope_id: str | None = None) -> dict[str, Any]:
+def list_targets(
+    request: Request, scope: ScopeType | None = None, scope_id: str | None = Query(None, max_length=200)
+) -> dict[str, Any]:
     with _session(request) as s:
         return {"targets": [target_repo.as_dict(t) for t in target_repo.all_targets(s, scope, scope_id)]}
 
@@ -187,17 +279,18 @@ def _spec(request: Request, body: Any) -> Any:
         raise HTTPException(422, detail=str(e)) from None
 
 
-@router.post("/api/v1/targets", status_code=201)
-def create_target(
-    request: Request, body: Any = Body(...), x_actor: str = Header("api", max_length=200)
-) -> dict[str, Any]:
-    spec = _spec(request, body)
+_BODY = errors(400, e422="invalid target; the message names the field and the problem")
+
+
+@router.post("/api/v1/targets", status_code=201, responses=_BODY)
+def create_target(request: Request, body: TargetBody) -> dict[str, Any]:
+    spec = _spec(request, body.model_dump())
     with _session(request) as s:
-        return target_repo.create(s, spec, x_actor)
+        return target_repo.create(s, spec, actor(request))
 
 
-@router.get("/api/v1/targets/{target_id}")
-def get_target(request: Request, target_id: int) -> dict[str, Any]:
+@router.get("/api/v1/targets/{target_id:int}", responses=_NO_TARGET)
+def get_target(request: Request, target_id: RowId) -> dict[str, Any]:
     with _session(request) as s:
         t = target_repo.get(s, target_id)
         if t is None:
@@ -205,42 +298,41 @@ def get_target(request: Request, target_id: int) -> dict[str, Any]:
         return target_repo.as_dict(t)
 
 
-@router.put("/api/v1/targets/{target_id}")
-def replace_target(
-    request: Request, target_id: int, body: Any = Body(...), x_actor: str = Header("api", max_length=200)
-) -> dict[str, Any]:
-    spec = _spec(request, body)
+@router.put("/api/v1/targets/{target_id:int}", responses=_NO_TARGET | _BODY)
+def replace_target(request: Request, target_id: RowId, body: TargetBody) -> dict[str, Any]:
+    spec = _spec(request, body.model_dump())
     with _session(request) as s:
-        out = target_repo.update(s, target_id, spec, x_actor)
+        out = target_repo.update(s, target_id, spec, actor(request))
     if out is None:
         raise HTTPException(404, detail=f"target {target_id} does not exist")
     return out
 
 
-@router.patch("/api/v1/targets/{target_id}")
+@router.patch("/api/v1/targets/{target_id:int}", responses=_NO_TARGET | _BODY)
 def patch_target(
-    request: Request, target_id: int, body: Any = Body(...), x_actor: str = Header("api", max_length=200)
+    request: Request,
+    target_id: RowId,
+    body: TargetPatch,  # type: ignore[valid-type]
 ) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise HTTPException(422, detail="body: expected a JSON object")
+    change = body.model_dump(exclude_unset=True)
     with _session(request) as s:
         t = target_repo.get(s, target_id)
         if t is None:
             raise HTTPException(404, detail=f"target {target_id} does not exist")
         current = {k: v for k, v in target_repo.as_dict(t).items() if k in target_repo.FIELDS}
-        spec = _spec(request, {**current, **body})
-        return target_repo.update(s, target_id, spec, x_actor) or {}
+        spec = _spec(request, {**current, **change})
+        return target_repo.update(s, target_id, spec, actor(request)) or {}
 
 
-@router.delete("/api/v1/targets/{target_id}", status_code=204)
-def delete_target(request: Request, target_id: int, x_actor: str = Header("api", max_length=200)) -> Response:
+@router.delete("/api/v1/targets/{target_id:int}", status_code=204, responses=_NO_TARGET)
+def delete_target(request: Request, target_id: RowId) -> Response:
     with _session(request) as s:
-        if not target_repo.delete(s, target_id, x_actor):
+        if not target_repo.delete(s, target_id, actor(request)):
             raise HTTPException(404, detail=f"target {target_id} does not exist")
     return Response(status_code=204)
 
 
-@router.get("/api/v1/targets/{target_id}/history")
-def target_history(request: Request, target_id: int) -> dict[str, Any]:
+@router.get("/api/v1/targets/{target_id:int}/history", responses=errors(404, e404="not a target id"))
+def target_history(request: Request, target_id: RowId) -> dict[str, Any]:
     with _session(request) as s:
         return {"history": target_repo.history(s, target_id)}

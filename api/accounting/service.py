@@ -214,7 +214,7 @@ class Grid:
 
 def co2_kg(settings: AccountingSettings, kind: MeterKind, kwh: float, year: int) -> float | None:
     if kind is not MeterKind.ELECTRICITY:
-        return None  # no water factor in the sources (standards §4.2); not invented
+        return None  # no water factor in the sources (docs/references.md#gaps); not invented
     return kwh * settings.tariffs.co2_factor(year).kg_per_kwh
 
 

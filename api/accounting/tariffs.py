@@ -1,12 +1,13 @@
 """Tariffs and grid emission factors as data: time-of-use electricity prices, water prices, CO2 factors.
 
-Time-of-use tariffs change by province and by year (standards §4.1), so a tariff is a list of
-versions with an ``effective_from`` date; each version maps every hour of every month to exactly one
-period (critical peak, peak, flat, valley, deep valley) and prices each period. A schedule that
-leaves an hour or a month uncovered, or covers one twice, is refused when the config is loaded.
+Time-of-use tariffs change by province and by year (docs/references.md#time-of-use), so a tariff is
+a list of versions with an ``effective_from`` date; each version maps every hour of every month to
+exactly one period (critical peak, peak, flat, valley, deep valley) and prices each period. A
+schedule that leaves an hour or a month uncovered, or covers one twice, is refused when the config
+is loaded.
 
-Emission factors are kept per region and year with their source (standards §4.2); the default is the
-national average for 2023 data, 0.5306 kgCO2/kWh.
+Emission factors are kept per region and year with their source (docs/references.md#co2-factors);
+the default is the national average for 2023 data, 0.5306 kgCO2/kWh.
 """
 
 from __future__ import annotations
@@ -152,9 +153,7 @@ class Co2Factor(_Model):
 
 
 _S2022 = "MEE/NBS 2022 electricity CO2 factors, 新京报 via https://daydaynews.cc/zh-hant/finance/3899452.html"
-_S2023 = (
-    "MEE/NBS 2023 electricity CO2 factors, 中国电力报 2026-01-15 via https://reportify.ai (standards §4.2)"
-)
+_S2023 = "MEE/NBS 关于发布2023年电力二氧化碳排放因子的公告 (2023 data), https://www.mee.gov.cn/"
 _S2021 = "MEE/NBS 公告2024年第12号 (2021 data) via http://www.hfyfsb.com/industry/elec/3596.html"
 BUILTIN_CO2: tuple[Co2Factor, ...] = tuple(
     Co2Factor(region=r, year=y, kg_per_kwh=f, source=s)

@@ -21,12 +21,12 @@ from sqlalchemy.pool import StaticPool
 from api.alerts.config import AlertsConfig, alerts_config
 from api.alerts.evaluate import window_findings
 from api.alerts.instant import InstantRules
-from api.alerts.models import Alert, AlertEvent
+from api.alerts.models import Alert
 from api.alerts.rules import RULES
 from api.alerts.series import Timeline, build_campus
-from api.alerts.source import fetch_instant, fetch_registers, load_quotas
+from api.alerts.source import fetch_instant, fetch_rates, fetch_registers, load_gateway_status, load_quotas
 from api.alerts.store import AlertStore, alert_json
-from api.alerts.window import calendar, context_at, settle_s
+from api.alerts.window import calendar, context_at, expected_from, settle_s
 from campusmon.config import CampusConfig
 from campusmon.db import Base
 from campusmon.influx import InfluxStore
@@ -68,12 +68,15 @@ class BacktestResult:
         }
 
 
-def _memory_sessions() -> sessionmaker:
+def _memory_sessions(all_tables: bool = False) -> sessionmaker:
     engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
-    import api.alerts.models  # noqa: F401 - registers the tables
+    import api.alerts.models  # registers the tables
 
+    if all_tables:
+        import api.accounting.models  # noqa: F401 - the targets tables
     Base.metadata.create_all(
-        engine, tables=[t for n, t in Base.metadata.tables.items() if n.startswith("alert")]
+        engine,
+        tables=[t for n, t in Base.metadata.tables.items() if all_tables or n.startswith("alert")],
     )
     return sessionmaker(engine, expire_on_commit=False)
 
@@ -118,14 +121,32 @@ def backtest(
     tz = cfg.site.tz
 
     points = fetch_registers(influx, cfg.meters, start - lookback, end + settle) if window_rules else {}
+    rates = fetch_rates(influx, cfg.meters, start - lookback, end + settle) if window_rules else {}
     timeline = Timeline.build(start - lookback, end, tz, cal)
-    series = build_campus(cfg, timeline, points, cal)
+    series = build_campus(cfg, timeline, points, cal, rates=rates)
+    # A meter is expected from its commissioning date, else from the start of the backtest: a
+    # backtest that starts when the data starts raises nothing about meters not yet due.
+    expected = expected_from(cfg, acfg, start)
+    quota_db = sessions
+    if quota_db is None and cfg.targets and any(r.startswith("quota.") for r in wanted):
+        # No campus database given: the quotas declared in the config still count.
+        from api.alerts.targets_config import load_config_targets
+
+        quota_db = _memory_sessions(all_tables=True)
+        load_config_targets(cfg, quota_db)
     quotas = (
-        load_quotas(cfg, sessions, None)
-        if sessions is not None and any(r.startswith("quota.") for r in wanted)
+        load_quotas(cfg, quota_db, None)
+        if quota_db is not None and any(r.startswith("quota.") for r in wanted)
         else []
     )
 
+    # Gateways' last statuses as the campus database holds them now: a gateway alert quotes one only
+    # if it was received by the step judged; with no database, or none recorded, it says nothing.
+    gateways = (
+        load_gateway_status(sessions)
+        if sessions is not None and "data.gateway_offline" in window_rules
+        else {}
+    )
     mem = _memory_sessions()
     now_box = [float(start)]
     store = AlertStore(cfg, acfg, mem, source="backtest", clock=lambda: now_box[0], deliveries=False)
@@ -153,7 +174,7 @@ def backtest(
         if window_rules:
             day = datetime.fromtimestamp(t, tz).date()
             qs = [q for q in quotas if q.valid_on(day)]
-            ctx = context_at(cfg, timeline, series, t, settle, qs)
+            ctx = context_at(cfg, timeline, series, t, settle, qs, expected, gateways)
             store.apply(window_findings(acfg, ctx, store.state, window_rules))
         result.steps += 1
     with mem() as s:
@@ -162,27 +183,12 @@ def backtest(
         if commit:
             if sessions is None:
                 raise BacktestError("commit needs the campus database")
-            result.committed = _commit(cfg, sessions, rows)
+            result.committed = _commit(cfg, acfg, sessions, rows)
     result.seconds = time.monotonic() - t0
     return result
 
 
-def _commit(cfg: CampusConfig, sessions: sessionmaker, rows: list[Alert]) -> list[int]:
-    """Copy backtest alerts into the campus database (closed to the live lifecycle: no open_key)."""
-    ids = []
-    now = int(time.time())
-    with sessions() as s, s.begin():
-        for a in rows:
-            copy = Alert(**{c.name: getattr(a, c.name) for c in Alert.__table__.columns if c.name != "id"})
-            copy.open_key = None
-            copy.source = "backtest"
-            copy.updated_at = now
-            s.add(copy)
-            s.flush()
-            s.add(
-                AlertEvent(
-                    alert_id=copy.id, type="opened", at=now, actor="backtest", data=alert_json(copy, cfg)
-                )
-            )
-            ids.append(copy.id)
-    return ids
+def _commit(cfg: CampusConfig, acfg: AlertsConfig, sessions: sessionmaker, rows: list[Alert]) -> list[int]:
+    """Copy backtest alerts into the campus database by the store's own event path (ordering lock)."""
+    into = AlertStore(cfg, acfg, sessions, source="backtest", deliveries=False)
+    return into.add_closed(rows, actor="backtest")

@@ -73,10 +73,14 @@ def backtest_cmd(
         int | None, typer.Option(help="seconds between window-rule passes (default: schedule)")
     ] = None,
     commit: Annotated[bool, typer.Option(help="also put the results into the live alert feed")] = False,
+    labels: Annotated[
+        Path | None, typer.Option(help="incidents.json: score the alerts against labelled incidents")
+    ] = None,
 ) -> None:
     """Print the alerts the rules would have raised over a past period."""
     from api.accounting.periods import parse_local
     from api.alerts.backtest import BacktestError, backtest
+    from campusmon.config import ConfigError
     from campusmon.db import init_db
     from campusmon.influx import QueryError, StoreUnavailable, open_store
 
@@ -94,11 +98,23 @@ def backtest_cmd(
             raise typer.BadParameter(str(e), param_hint=f"--{name}") from None
 
     s, e = when(start, "start"), when(end, "end")
+    scored = None
+    if labels is not None:
+        from api.alerts.labels import LabelsError, parse_labels
+
+        try:
+            scored = parse_labels(json.loads(labels.read_text()))
+        except (OSError, ValueError, LabelsError) as err:
+            raise typer.BadParameter(f"{labels}: {err}", param_hint="--labels") from None
     store = open_store(cfg)
     _engine, sessions = init_db(cfg.database.url)
     try:
+        if cfg.targets:  # quotas under version control count without the API running
+            from api.alerts.targets_config import load_config_targets
+
+            load_config_targets(cfg, sessions, str(config or "campus.yaml"))
         res = backtest(cfg, store, s, e, rules.split(",") if rules else None, step, sessions, commit=commit)
-    except BacktestError as err:
+    except (BacktestError, ConfigError) as err:
         typer.secho(str(err), err=True, fg="red")
         raise typer.Exit(2) from None
     except (StoreUnavailable, QueryError) as err:
@@ -111,7 +127,12 @@ def backtest_cmd(
             typer.echo(json.dumps(a, ensure_ascii=False))
     else:
         typer.echo(_table(res.alerts))
-    typer.echo(json.dumps(res.summary(), ensure_ascii=False), err=True)
+    summary = res.summary()
+    if scored is not None:
+        from api.alerts.labels import score_labels
+
+        summary["score"] = score_labels(scored, res.alerts, len(cfg.meters), s, e, tz)
+    typer.echo(json.dumps(summary, ensure_ascii=False), err=True)
 
 
 @alerts_app.command("rules")

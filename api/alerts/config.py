@@ -14,7 +14,7 @@ Errors read like the rest of the config: ``file: alerts.buildings.lab-1.leak.nig
 from __future__ import annotations
 
 import copy
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -33,6 +33,11 @@ class _Model(BaseModel):
 class Schedule(_Model):
     interval_s: int = Field(default=300, ge=10, description="how often window rules run")
     lookback_days: int = Field(default=35, ge=2, description="history read from InfluxDB for window rules")
+    catchup_days: float = Field(
+        default=2,
+        ge=0,
+        description="on start and after a gap in the passes, hours not yet judged are judged, this far back",
+    )
     settle_s: int | None = Field(
         default=None, ge=0, description="wait for late readings (default: largest interval + 60 s)"
     )
@@ -119,6 +124,9 @@ class AlertsSettings(_Model):
     mqtt: MqttOut = MqttOut()
     delivery: Delivery = Delivery()
     silences: list[Silence] = []
+    # When each meter was put into service (campus-local date or time): a meter is judged silent or
+    # never reported only from then on. Meters not listed count from when the system first saw them.
+    commissioned: dict[str, datetime | date] = {}
 
     @field_validator("webhooks")
     @classmethod
@@ -167,6 +175,17 @@ class AlertsConfig:
 
     def for_meter(self, rule: str, meter: Meter) -> Params:
         return self.params(rule, meter.building, meter.id)
+
+    def commissioned(self, meter: Meter) -> int | None:
+        """When the meter went into service (Unix seconds), from the meter or ``alerts.commissioned``."""
+        when = getattr(meter, "commissioned", None) or self.settings.commissioned.get(meter.id)
+        if when is None:
+            return None
+        if not isinstance(when, datetime):  # a bare date
+            when = datetime.combine(when, datetime.min.time())
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=self.cfg.site.tz)
+        return int(when.timestamp())
 
     def severity(self, rule: str, p: Params) -> Severity:
         return p.severity or RULES[rule].severity
@@ -218,6 +237,9 @@ def parse_alerts(cfg: CampusConfig, source: str = "<config>") -> AlertsConfig:
         if cfg.meter(m) is None:
             errors.append(f"alerts.meters.{m}: meter {m!r} is not defined under meters")
         _check_layer(f"alerts.meters.{m}", layer, errors)
+    for m in settings.commissioned:
+        if cfg.meter(m) is None:
+            errors.append(f"alerts.commissioned.{m}: meter {m!r} is not defined under meters")
     for i, w in enumerate(settings.webhooks):
         for r in w.rules:
             if not known_pattern(r):

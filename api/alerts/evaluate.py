@@ -1,8 +1,14 @@
 """One pass of the window rules over the campus at an evaluation time.
 
-Which rule looks at which meter: water rules at water meters, after-hours rules at electricity
-meters that are not dorm rooms (rooms have their own instant rules), spikes at every non-room
-meter, data-health rules at every meter, quota rules at every quota target.
+Which rule looks at which meter: water rules (leaks and ``after_hours.water``) at water meters, the
+electricity after-hours rules at electricity meters that are not dorm rooms (rooms have their own
+instant rules), spikes at every non-room
+meter, data-health rules at every meter, quota rules at every quota target, and the commissioning
+check (``data.never_reported``) once for the whole campus, and the gateway check
+(``data.gateway_offline``) once per gateway named by the meters' ``gateway:``. While every meter of a
+gateway is silent together, their own ``data.offline`` findings are folded into the gateway's: they
+report OK (an open one clears), so one outage is one alert. The gateway's own last status (its
+retained status or last will, ``ctx.gateway_status``) is read by the caller, not by the rule.
 """
 
 from __future__ import annotations
@@ -11,9 +17,11 @@ from collections.abc import Callable, Iterable
 
 from api.alerts.config import AlertsConfig
 from api.alerts.rules import RULES, WINDOW_RULES
-from api.alerts.rules.base import Finding, Params, RuleSpec, Subject
+from api.alerts.rules.base import Finding, Level, Params, RuleSpec, Subject
 from api.alerts.rules.context import WindowContext
+from api.alerts.rules.health import CAMPUS, GatewayOfflineParams, gateway_explains
 from api.alerts.rules.quota import quota_subject
+from api.alerts.series import MeterSeries
 from campusmon.config import Meter
 from campusmon.quantities import MeterKind
 
@@ -46,7 +54,7 @@ def window_findings(
         m = series.meter
         subject = Subject("meter", m.id, m.building)
         for spec in specs:
-            if spec.applies_to == "building" or not applies(spec, m):
+            if spec.applies_to in ("building", "campus", "gateway") or not applies(spec, m):
                 continue
             p = acfg.for_meter(spec.id, m)
             if not p.enabled:
@@ -55,6 +63,18 @@ def window_findings(
             f = spec.evaluate(series, ctx, p, state_for(spec.id, subject))
             if f is not None:
                 out.append(_finish(f, spec, p))
+    for spec in specs:
+        if spec.applies_to != "campus":
+            continue
+        p = acfg.params(spec.id)
+        if not p.enabled:
+            continue
+        assert spec.evaluate is not None
+        f = spec.evaluate(list(ctx.series.values()), ctx, p, state_for(spec.id, CAMPUS))
+        if f is not None:
+            out.append(_finish(f, spec, p))
+    if wanted is None or "data.gateway_offline" in wanted:
+        _gateways(acfg, ctx, state_for, out)
     for q in ctx.quotas:
         for rid in ("quota.exceeded", "quota.forecast"):
             if wanted is not None and rid not in wanted:
@@ -69,3 +89,42 @@ def window_findings(
             if f is not None:
                 out.append(_finish(f, spec, p))
     return out
+
+
+def _gateways(
+    acfg: AlertsConfig,
+    ctx: WindowContext,
+    state_for: StateFor,
+    out: list[Finding],
+) -> None:
+    """One verdict per gateway; per-meter offline findings it explains are folded into it."""
+    members: dict[str, list[MeterSeries]] = {}
+    for series in ctx.series.values():
+        if series.meter.gateway is not None:
+            members.setdefault(series.meter.gateway, []).append(series)
+    if not members:
+        return
+    spec = RULES["data.gateway_offline"]
+    folded: dict[str, str] = {}
+    offline = {f.meter for f in out if f.rule == "data.offline" and f.level is not Level.OK}
+    for gw, ms in sorted(members.items()):
+        building = ms[0].meter.building if all(x.meter.building == ms[0].meter.building for x in ms) else None
+        p = acfg.params(spec.id, building)
+        if not p.enabled:
+            continue
+        assert isinstance(p, GatewayOfflineParams)
+        for x in ms:
+            if x.meter.id in offline and gateway_explains(x, ms, ctx, p):
+                folded[x.meter.id] = gw
+        subject = Subject("gateway", gw, building or "")
+        assert spec.evaluate is not None
+        f = spec.evaluate(gw, ms, ctx, p, state_for(spec.id, subject))
+        if f is not None:
+            out.append(_finish(f, spec, p))
+    if not folded:
+        return
+    for f in out:
+        if f.rule == "data.offline" and f.meter in folded and f.level is not Level.OK:
+            f.level = Level.OK
+            f.since = None
+            f.detail = {**f.detail, "folded_into": folded[f.meter]}

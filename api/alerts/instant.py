@@ -4,11 +4,16 @@ The collector calls ``InstantRules.on_readings`` (or the hook ``hooks_for(cfg)``
 a batch is stored. State per (rule, meter) lives in memory and in the ``alert_rule_state`` table,
 written only when it changes in a way that matters (a step starts or ends, an alert opens or
 clears), so a restart in the middle of a step loses nothing.
+
+HTTP ingest calls the hook from a thread pool, so one lock serialises the batches: the state of a
+step is read, advanced and saved by one batch at a time, and the bookkeeping of what changed is never
+read while another batch adds to it. Errors are not caught here; the caller logs and counts them.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -60,6 +65,7 @@ class InstantRules:
         self._meters = {m.id: m for m in cfg.meters if m.kind is MeterKind.ELECTRICITY and self._watched(m)}
         self._state: dict[tuple[str, str], dict[str, Any]] = {}
         self._saved: dict[tuple[str, str], tuple] = {}
+        self._lock = threading.Lock()
 
     def _watched(self, m: Meter) -> bool:
         return m.room is not None or m.rated_current_a is not None
@@ -90,6 +96,12 @@ class InstantRules:
                 by_meter.setdefault(r.meter, {}).setdefault(r.ts, {})[r.quantity] = r.value
         if not by_meter:
             return []
+        with self._lock:
+            return self._on_samples(by_meter)
+
+    __call__ = on_readings
+
+    def _on_samples(self, by_meter: dict[str, dict[int, dict[str, float]]]) -> list[dict[str, Any]]:
         findings: list[Finding] = []
         for meter_id, samples in by_meter.items():
             m = self._meters[meter_id]
@@ -102,8 +114,6 @@ class InstantRules:
             for k, v in changed.items():
                 self._saved[k] = _structure(v)
         return events
-
-    __call__ = on_readings
 
     def _sample(self, m: Meter, ts: int, q: dict[str, float]) -> list[Finding]:
         out: list[Finding] = []
@@ -170,7 +180,7 @@ class InstantRules:
                 {
                     "step_w": round(res.excess, 1),
                     "base_w": round(float(res.state.get("base") or 0), 1),
-                    "lasted_s": ts - (res.since or ts),
+                    "lasted_s": int(res.state.get("fired") or ts) - (res.since or ts),
                 }
             )
         if rule == "overload.current":
@@ -196,7 +206,8 @@ class InstantRules:
 
     def flush(self) -> None:
         """Persist every state now (at shutdown), not only the structural changes."""
-        self.store.save_states(dict(self._state))
+        with self._lock:
+            self.store.save_states(dict(self._state))
 
 
 def hooks_for(cfg: CampusConfig) -> list[InstantRules]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -46,6 +47,30 @@ def cost_of(cfg: CampusConfig, acfg: AlertsConfig, f: Finding) -> Cost:
     return Cost(None if p is None else f.waste_per_day * p, currency)
 
 
+# Display resolution per unit: what a meter can tell apart. Evidence keeps full precision.
+RESOLUTION = {
+    "kWh": 0.01,
+    "kW": 0.01,
+    "W": 1.0,
+    "A": 0.1,
+    "m3": 0.001,
+    "m3/h": 0.001,
+    "s": 1.0,
+    "h": 1.0,
+    "share": 0.0001,
+    "meters": 1.0,
+}
+
+
+def display_round(v: float | None, unit: str) -> float | None:
+    """``v`` rounded to the resolution of its unit, without float noise (0.12, not 0.11999999999989086)."""
+    if v is None:
+        return None
+    step = RESOLUTION.get(unit, 0.001)
+    digits = max(0, -math.floor(math.log10(step)))
+    return round(round(v / step) * step, digits)
+
+
 def _local(ts: int | None, tz: ZoneInfo) -> str:
     if ts is None:
         return "an unknown time"
@@ -76,11 +101,20 @@ def what(f: Finding) -> str:
             f"{_num(100 * d.get('unmetered_share', 0), 1)} % of the main meter's water is not seen by its "
             f"sub-meters (usually {_num(100 * d.get('usual_share', 0), 1)} %)."
         )
-    if r == "after_hours.usage":
-        return (
-            f"The building is empty ({d.get('day_kind', '')}) but draws {_num(d.get('now_kw'))} kW; "
-            f"on similar empty hours it draws {_num(d.get('usual_kw'))} kW."
-        )
+    if r in ("after_hours.usage", "after_hours.water"):
+        why = ", then ".join(d.get("empty_because") or [d.get("day_kind", "")])
+        hours = d.get("stretch_hours")
+        lasted = f" for {hours} h" if hours else ""
+        unit = d.get("rate_unit", "kW")
+        digits = 3 if unit == "m3/h" else 2
+        verb = "used" if unit == "m3/h" else "drawn"
+        usual = f"on similar empty hours it uses {_num(d.get('usual'), digits)} {unit}"
+        if d.get("reference") == "closed-hours base load":
+            usual = (
+                f"no earlier empty day of this kind exists, so it is judged against its closed-hours base "
+                f"load of {_num(d.get('usual'), digits)} {unit}"
+            )
+        return f"The building is empty ({why}) but has {verb} {_num(d.get('now'), digits)} {unit}{lasted}; {usual}."
     if r == "after_hours.baseload_creep":
         return (
             f"Base load over the last {d.get('recent_days', 7)} days is {_num(d.get('recent_baseload_kw'))} kW "
@@ -104,7 +138,7 @@ def what(f: Finding) -> str:
     if r == "dorm.high_power":
         return (
             f"Room power jumped by {_num(d.get('step_w'), 0)} W to {_num(f.value, 0)} W "
-            f"and stayed there for {d.get('lasted_s', 0)} s."
+            f"and had stayed there for {d.get('lasted_s', 0)} s when the alert was raised."
         )
     if r == "dorm.over_cap":
         return f"Room power is {_num(f.value, 0)} W, over its cap of {_num(f.threshold, 0)} W."
@@ -112,18 +146,48 @@ def what(f: Finding) -> str:
         return f"Current is {_num(f.value, 1)} A against a rated {_num(d.get('rated_a'), 1)} A."
     if r == "data.offline":
         silent = d.get("silent_s")
+        return f"No reading for {_num((silent or 0) / 3600, 1)} h (expected every {d.get('interval_s')} s)."
+    if r == "data.gateway_offline":
+        ms = d.get("meters") or []
+        silent = d.get("silent_s")
         return (
-            "No reading has ever arrived."
-            if d.get("last_reading") is None
-            else f"No reading for {_num((silent or 0) / 3600, 1)} h (expected every {d.get('interval_s')} s)."
+            f"All {len(ms)} meters behind the gateway have been silent together for at least "
+            f"{_num((silent or 0) / 3600, 1)} h: {', '.join(ms)}."
+        )
+    if r == "data.never_reported":
+        ms = d.get("meters") or []
+        return (
+            f"{len(ms)} configured meter(s) have not sent a single reading {_num(d.get('grace_h'), 0)} h "
+            f"after they were expected: {', '.join(ms)}."
         )
     if r == "data.completeness":
         return f"Only {d.get('received')} of {d.get('expected')} expected readings arrived on {d.get('day')}."
     if r == "data.stuck":
-        return f"The register has not changed for {d.get('unchanged_hours', _num(f.value, 0))} h while readings arrive."
+        why = ""
+        if d.get("evidence") == "rate":
+            why = f"; the meter's own {d.get('rate_quantity')} shows use in {d.get('moving_hours')} of those hours"
+        elif d.get("evidence") == "pattern":
+            why = f"; {d.get('usual_use_hours')} of those hours are ones in which this meter usually uses"
+        return (
+            f"The register has not changed for {d.get('unchanged_hours', _num(f.value, 0))} h "
+            f"while readings arrive{why}."
+        )
     if r == "data.counter_backwards":
         return f"The register dropped from {_num(d.get('from'), 3)} to {_num(d.get('to'), 3)} ({d.get('policy')})."
     return ""
+
+
+def last_word(f: Finding, tz: ZoneInfo) -> str:
+    """A gateway alert's quote of the gateway's own last status, when one was recorded."""
+    w = f.detail.get("last_status") if f.rule == "data.gateway_offline" else None
+    if not w:
+        return ""
+    state = str(w.get("state"))
+    note = {
+        "offline": " (its last will, or a clean shutdown)",
+        "online": " (its retained status: it is connected, so the meters or their bus are silent)",
+    }.get(state, "")
+    return f"The gateway's last word, {_local(w.get('received_at'), tz)}: {state}{note}."
 
 
 def where(cfg: CampusConfig, f: Finding) -> str:
@@ -133,6 +197,12 @@ def where(cfg: CampusConfig, f: Finding) -> str:
         return f"room {f.subject.id}, {bname}"
     if f.subject.kind == "meter":
         return f"{bname}, meter {f.subject.id}"
+    if f.subject.kind == "gateway":
+        g = next((g for g in cfg.gateways if g.id == f.subject.id), None)
+        gname = (g.name or g.id) if g else f.subject.id
+        return f"{gname}, {bname}" if f.subject.building else gname
+    if f.subject.kind == "campus":
+        return cfg.site.name or "the campus"
     return bname or f.subject.id
 
 
@@ -142,9 +212,14 @@ def compose(cfg: CampusConfig, acfg: AlertsConfig, f: Finding, since: int | None
     tz = cfg.site.tz
     cost = cost_of(cfg, acfg, f)
     title = f"{spec.title}: {where(cfg, f)}"
-    parts = [f"{spec.title} at {where(cfg, f)} since {_local(since, tz)}.", what(f)]
+    parts = [f"{spec.title} at {where(cfg, f)} since {_local(since, tz)}.", what(f), last_word(f, tz)]
     if f.waste_per_day is not None and f.waste_unit:
         wasted = f"About {_num(f.waste_per_day, 1)} {f.waste_unit} per day is being wasted"
+        if f.rule in ("after_hours.usage", "after_hours.water", "spike.baseline"):
+            # The excess of the hours judged (at most the last 24), not an hour's excess times 24.
+            wasted = (
+                f"About {_num(f.waste_per_day, 1)} {f.waste_unit} above the usual was used in the last 24 h"
+            )
         if f.rule in ("dorm.high_power", "dorm.over_cap", "overload.current"):
             wasted = f"Left on, this would use about {_num(f.waste_per_day, 1)} {f.waste_unit} per day"
         if f.rule.startswith("quota."):

@@ -5,25 +5,41 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from sqlalchemy import select
 
 from api.alerts.backtest import BacktestError, backtest
 from api.alerts.feeds import atom, sse_frame
 from api.alerts.models import AlertSilence
 from api.alerts.notify.dispatcher import deliveries_json, retry_delivery
-from api.alerts.rules import RULES, known_pattern, rule_matches
+from api.alerts.rules import RULES, Severity, known_pattern, rule_matches
 from api.alerts.scheduler import alert_services
-from api.timeparse import parse_time
+from api.alerts.store import STATUSES
+from api.auth import actor, identity
+from api.deps import MAX_ID, RowId, errors
+from api.timeparse import TIME_DOC, TIME_PATTERN, parse_time
 
-router = APIRouter(tags=["alerts"])
+router = APIRouter(tags=["alerts"], responses=errors(422))
 PREFIX = "/api/v1/alerts"
 SSE_POLL_S = 0.2
 SSE_PING_S = 15.0
+
+Status = Literal[STATUSES]  # type: ignore[valid-type]
+_SEV = "(?:" + "|".join(s.value for s in Severity) + ")"
+SEVERITIES_PATTERN = f"^{_SEV}(?:,{_SEV})*$"
+_NO_ALERT = errors(404, e404="no such alert")
+_BODY = errors(400)
+Time = Annotated[str, Field(pattern=TIME_PATTERN, description=TIME_DOC)]
+Name = Annotated[str, Field(max_length=120)]
+RulePattern = Annotated[str, Field(pattern=r"^(?:\*|[a-z_]+(?:\.(?:\*|[a-z_]+))?)$", max_length=80)]
+
+
+class AtomResponse(Response):
+    media_type = "application/atom+xml"
 
 
 class _Body(BaseModel):
@@ -31,41 +47,71 @@ class _Body(BaseModel):
 
 
 class ActorBody(_Body):
-    by: str = Field(default="api", max_length=120)
+    by: Name = "api"
 
 
 class AssignBody(_Body):
-    assignee: str | None = Field(max_length=120)
-    by: str = Field(default="api", max_length=120)
+    assignee: Name | None = Field(description="who takes it; null unassigns")
+    by: Name = "api"
 
 
 class NoteBody(_Body):
     text: str = Field(min_length=1, max_length=10000)
-    author: str = Field(default="api", max_length=120)
+    author: Name = "api"
 
 
 class SilenceBody(_Body):
+    """Alerts matching every given list (an empty list matches all) stay quiet from start to end."""
+
     kind: Literal["silence", "maintenance"] = "silence"
-    rules: list[str] = []
-    buildings: list[str] = []
-    subjects: list[str] = []
-    start: str
-    end: str
-    reason: str = ""
-    by: str = "api"
+    rules: list[Name] = Field(default=[], description="rule ids or families such as leak.*")
+    buildings: list[Name] = Field(default=[], description="building ids from the campus config")
+    subjects: list[Name] = []
+    start: Time
+    end: Time = Field(description="after start")
+    reason: str = Field(default="", max_length=2000)
+    by: Name = "api"
 
 
 class BacktestBody(_Body):
-    start: str
-    end: str
-    rules: list[str] | None = None
-    step_s: int | None = Field(default=None, ge=60, le=86400)
-    commit: bool = False
-    include_alerts: bool = True
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"start": "2026-10-01", "end": "2026-10-02"}]}
+    )
+
+    start: Time
+    end: Time = Field(description="after start, at most 400 days later")
+    rules: list[RulePattern] | None = Field(
+        default=None, description="rule ids or patterns such as dorm.* (default: every rule)"
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        unknown = [r for r in v or [] if not known_pattern(r)]
+        if unknown:
+            raise ValueError(f"no rule matches {', '.join(unknown)}")
+        return v
+
+    step_s: StrictInt | None = Field(default=None, ge=60, le=86400)
+    commit: StrictBool = False
+    include_alerts: StrictBool = True
+    labels: dict[str, Any] | list[dict[str, Any]] | None = Field(
+        default=None, description="labelled incidents to score the alerts against (docs/alerts.md)"
+    )
 
 
-def _actor(request: Request, given: str) -> str:
-    return request.headers.get("X-User") or given
+def _actor(request: Request, _given: str = "") -> str:
+    """The authenticated identity; no header or body field (``by``, ``author``) names who acted."""
+    return actor(request)
+
+
+def _in_scope(request: Request, building: str | None) -> str | None:
+    """A building-limited identity lists only its buildings; "" when none it asked for is its own."""
+    mine = identity(request).buildings
+    if not mine:
+        return building
+    asked = {b.strip() for b in building.split(",")} if building else set(mine)
+    return ",".join(sorted(asked & mine))
 
 
 def _since(request: Request, since: str | None) -> int | None:
@@ -74,21 +120,28 @@ def _since(request: Request, since: str | None) -> int | None:
     return parse_time(since, request.app.state.cfg.site.tz, "since")
 
 
-@router.get(PREFIX)
+@router.get(PREFIX, responses=errors(e422="invalid parameter, or a cursor this API did not return"))
 def list_alerts(
     request: Request,
-    status: str | None = Query(
-        None, description="active, cleared, active_unack, active_ack, cleared_unack, ..."
+    status: Status | None = Query(None, description="default all"),
+    severity: str | None = Query(
+        None, pattern=SEVERITIES_PATTERN, description="comma-separated: critical,major,minor,warning,info"
     ),
-    severity: str | None = Query(None, description="comma-separated: critical,major,minor,warning,info"),
-    building: str | None = None,
-    rule: str | None = Query(None, description="rule ids, comma-separated; 'leak.*' matches a family"),
-    subject: str | None = None,
-    since: str | None = Query(None, description="changed at or after (ISO 8601 or Unix seconds)"),
+    building: str | None = Query(None, max_length=2000, description="building ids, comma-separated"),
+    rule: str | None = Query(
+        None, max_length=2000, description="rule ids, comma-separated; 'leak.*' matches a family"
+    ),
+    subject: str | None = Query(None, max_length=200),
+    since: str | None = Query(None, pattern=TIME_PATTERN, description="changed at or after: " + TIME_DOC),
     source: Literal["live", "backtest", "all"] = "live",
-    cursor: str | None = None,
+    cursor: str | None = Query(
+        None, pattern="^[A-Za-z0-9_-]{1,40}$", description="next_cursor of the previous page (opaque)"
+    ),
     limit: int = Query(50, ge=1, le=500),
 ) -> dict[str, Any]:
+    building = _in_scope(request, building)
+    if building == "":
+        return {"count": 0, "alerts": [], "next_cursor": None}
     store = alert_services(request.app).store
     try:
         items, nxt = store.query(
@@ -129,8 +182,14 @@ def list_rules(request: Request) -> dict[str, Any]:
     return {"rules": out}
 
 
-@router.get(PREFIX + "/stream")
-async def stream(request: Request, last_event_id: int | None = Query(None, ge=0)) -> StreamingResponse:
+@router.get(
+    PREFIX + "/stream",
+    response_class=StreamingResponse,
+    responses={200: {"description": "Server-Sent Events", "content": {"text/event-stream": {}}}},
+)
+async def stream(
+    request: Request, last_event_id: int | None = Query(None, ge=0, le=MAX_ID)
+) -> StreamingResponse:
     """Server-Sent Events; reconnect with ``Last-Event-ID`` (or ``?last_event_id=``) to resume without gaps.
 
     Without either, the stream starts at the next event; ``?last_event_id=0`` replays the whole log.
@@ -180,19 +239,27 @@ async def stream(request: Request, last_event_id: int | None = Query(None, ge=0)
 
 @router.get(PREFIX + "/events")
 def events(
-    request: Request, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+    request: Request, after: int = Query(0, ge=0, le=MAX_ID), limit: int = Query(100, ge=1, le=1000)
 ) -> dict[str, Any]:
     """The event log after an id (what the SSE stream carries), for clients that poll."""
     evs = alert_services(request.app).store.events_after(after, limit)
     return {"events": evs, "last_event_id": evs[-1]["id"] if evs else after}
 
 
-@router.get(PREFIX + "/feed.atom")
+@router.get(
+    PREFIX + "/feed.atom",
+    response_class=AtomResponse,
+    responses={
+        200: {"description": "Atom 1.0", "content": {"application/atom+xml": {"schema": {"type": "string"}}}}
+    },
+)
 def atom_feed(
     request: Request,
-    building: str | None = None,
-    rule: str | None = None,
-    severity: str | None = None,
+    building: str | None = Query(None, max_length=200),
+    rule: str | None = Query(
+        None, max_length=2000, description="rule ids, comma-separated; 'leak.*' matches a family"
+    ),
+    severity: str | None = Query(None, pattern=SEVERITIES_PATTERN, description="comma-separated"),
     limit: int = Query(100, ge=1, le=500),
 ) -> Response:
     """Atom 1.0 feed of the latest alert events (filter by building, rule or severity)."""
@@ -214,7 +281,7 @@ def atom_feed(
             break
     base = svc.acfg.settings.public_url or str(request.base_url)
     body = atom(picked, str(request.url), base, f"{request.app.state.cfg.site.name}: waste alerts")
-    return Response(body, media_type="application/atom+xml; charset=utf-8")
+    return AtomResponse(body, media_type="application/atom+xml; charset=utf-8")
 
 
 @router.get(PREFIX + "/deliveries")
@@ -228,8 +295,8 @@ def deliveries(
     return {"count": len(items), "deliveries": items}
 
 
-@router.post(PREFIX + "/deliveries/{delivery_id}/retry")
-def retry(request: Request, delivery_id: int) -> dict[str, Any]:
+@router.post(PREFIX + "/deliveries/{delivery_id:int}/retry", responses=errors(404, e404="no such delivery"))
+def retry(request: Request, delivery_id: RowId) -> dict[str, Any]:
     if not retry_delivery(request.app.state.sessions, delivery_id):
         raise HTTPException(404, f"delivery {delivery_id} not found")
     return {"id": delivery_id, "status": "pending"}
@@ -259,7 +326,11 @@ def list_silences(request: Request) -> dict[str, Any]:
     return {"silences": rows, "configured": cfg_rows}
 
 
-@router.post(PREFIX + "/silences", status_code=201)
+@router.post(
+    PREFIX + "/silences",
+    status_code=201,
+    responses=_BODY | errors(e422="invalid body, end not after start, or an unknown rule or building"),
+)
 def add_silence(request: Request, body: SilenceBody) -> dict[str, Any]:
     tz = request.app.state.cfg.site.tz
     start, end = parse_time(body.start, tz, "start"), parse_time(body.end, tz, "end")
@@ -293,8 +364,8 @@ def add_silence(request: Request, body: SilenceBody) -> dict[str, Any]:
     return out
 
 
-@router.delete(PREFIX + "/silences/{silence_id}")
-def delete_silence(request: Request, silence_id: int) -> dict[str, Any]:
+@router.delete(PREFIX + "/silences/{silence_id:int}", responses=errors(404, e404="no such silence"))
+def delete_silence(request: Request, silence_id: RowId) -> dict[str, Any]:
     with request.app.state.sessions() as s, s.begin():
         row = s.get(AlertSilence, silence_id)
         if row is None:
@@ -304,7 +375,10 @@ def delete_silence(request: Request, silence_id: int) -> dict[str, Any]:
     return {"id": silence_id, "deleted": True}
 
 
-@router.post(PREFIX + "/backtest")
+@router.post(
+    PREFIX + "/backtest",
+    responses=_BODY | errors(503, e422="invalid body, end not after start, or longer than 400 days"),
+)
 def run_backtest(request: Request, body: BacktestBody) -> dict[str, Any]:
     """Evaluate rules over a past period; the results stay out of the live feed unless ``commit`` is true."""
     cfg = request.app.state.cfg
@@ -316,7 +390,7 @@ def run_backtest(request: Request, body: BacktestBody) -> dict[str, Any]:
             request.app.state.store,
             start,
             end,
-            body.rules,
+            list(body.rules) if body.rules is not None else None,
             body.step_s,
             request.app.state.sessions,
             alert_services(request.app).acfg,
@@ -325,12 +399,20 @@ def run_backtest(request: Request, body: BacktestBody) -> dict[str, Any]:
     except BacktestError as e:
         raise HTTPException(422, str(e)) from None
     out: dict[str, Any] = {"summary": res.summary()}
+    if body.labels is not None:
+        from api.alerts.labels import LabelsError, parse_labels, score_labels
+
+        try:
+            scored = parse_labels(body.labels)
+        except LabelsError as e:
+            raise HTTPException(422, f"labels: {e}") from None
+        out["score"] = score_labels(scored, res.alerts, len(cfg.meters), start, end, tz)
     if body.include_alerts:
         out["alerts"] = res.alerts
     return out
 
 
-@router.post(PREFIX + "/evaluate")
+@router.post(PREFIX + "/evaluate", responses=errors(503))
 def evaluate_now(request: Request) -> dict[str, Any]:
     """Run one window-rule pass now (the scheduler does this every ``alerts.schedule.interval_s``)."""
     svc = alert_services(request.app)
@@ -338,8 +420,8 @@ def evaluate_now(request: Request) -> dict[str, Any]:
     return {"events": len(events), "pass": svc.evaluator.last_pass}
 
 
-@router.get(PREFIX + "/{alert_id}")
-def get_alert(request: Request, alert_id: int) -> dict[str, Any]:
+@router.get(PREFIX + "/{alert_id:int}", responses=_NO_ALERT)
+def get_alert(request: Request, alert_id: RowId) -> dict[str, Any]:
     a = alert_services(request.app).store.get(alert_id)
     if a is None:
         raise HTTPException(404, f"alert {alert_id} not found")
@@ -352,28 +434,28 @@ def _done(a: dict[str, Any] | None, alert_id: int) -> dict[str, Any]:
     return a
 
 
-@router.post(PREFIX + "/{alert_id}/ack")
-def ack(request: Request, alert_id: int, body: ActorBody | None = None) -> dict[str, Any]:
+@router.post(PREFIX + "/{alert_id:int}/ack", responses=_NO_ALERT | _BODY)
+def ack(request: Request, alert_id: RowId, body: ActorBody | None = None) -> dict[str, Any]:
     by = _actor(request, (body or ActorBody()).by)
     return _done(alert_services(request.app).store.ack(alert_id, by), alert_id)
 
 
-@router.post(PREFIX + "/{alert_id}/clear")
-def clear(request: Request, alert_id: int, body: ActorBody | None = None) -> dict[str, Any]:
+@router.post(PREFIX + "/{alert_id:int}/clear", responses=_NO_ALERT | _BODY)
+def clear(request: Request, alert_id: RowId, body: ActorBody | None = None) -> dict[str, Any]:
     """Clear by hand; the alert will not reopen until its condition has ended once."""
     by = _actor(request, (body or ActorBody()).by)
     return _done(alert_services(request.app).store.clear(alert_id, by), alert_id)
 
 
-@router.post(PREFIX + "/{alert_id}/assign")
-def assign(request: Request, alert_id: int, body: AssignBody) -> dict[str, Any]:
+@router.post(PREFIX + "/{alert_id:int}/assign", responses=_NO_ALERT | _BODY)
+def assign(request: Request, alert_id: RowId, body: AssignBody) -> dict[str, Any]:
     return _done(
         alert_services(request.app).store.assign(alert_id, body.assignee, _actor(request, body.by)), alert_id
     )
 
 
-@router.post(PREFIX + "/{alert_id}/notes", status_code=201)
-def add_note(request: Request, alert_id: int, body: NoteBody) -> dict[str, Any]:
+@router.post(PREFIX + "/{alert_id:int}/notes", status_code=201, responses=_NO_ALERT | _BODY)
+def add_note(request: Request, alert_id: RowId, body: NoteBody) -> dict[str, Any]:
     return _done(
         alert_services(request.app).store.add_note(alert_id, _actor(request, body.author), body.text),
         alert_id,

@@ -77,9 +77,29 @@ def alert_services(app: Any) -> AlertServices:
             bus=bus,
         )
         app.state.alerts = svc
+        _load_targets(cfg, app.state.sessions)
         if not getattr(app.state, "reading_hooks", None) and acfg.settings.enabled:
             app.state.reading_hooks = (svc.instant,)  # HTTP ingest runs the instant rules too
     return svc
+
+
+def _load_targets(cfg: Any, sessions: Any) -> None:
+    """Quotas declared under ``targets:`` in the config go into the targets store at start."""
+    import os
+
+    from campusmon.config import ConfigError
+
+    try:
+        from api.alerts.targets_config import load_config_targets
+
+        counts = load_config_targets(cfg, sessions, os.environ.get("CAMPUSMON_CONFIG", "campus.yaml"))
+    except ImportError:
+        return  # no accounting capability, no targets store
+    except ConfigError as e:
+        log.error("targets in the config not loaded:\n%s", e)
+        return
+    if any(counts[k] for k in ("created", "updated")):
+        log.info("targets from the config: %s", counts)
 
 
 class AlertScheduler(AsyncIOScheduler):

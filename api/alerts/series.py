@@ -102,6 +102,8 @@ class MeterSeries:
     samples: list[int]  # readings received in the hour
     occupied: list[bool]
     memo: dict[tuple, object] = field(default_factory=dict)
+    # Highest flow (m3/h) or power (W) the meter reported in each hour; None where it reports none.
+    rate: list[float | None] = field(default_factory=list)
 
     @property
     def unit(self) -> str:
@@ -135,8 +137,9 @@ def build_series(
     timeline: Timeline,
     points: Iterable[tuple[int, float]],
     occupied: list[bool],
+    rates: Iterable[tuple[int, float]] = (),
 ) -> MeterSeries:
-    """Hourly consumption of one meter from its raw register readings."""
+    """Hourly consumption of one meter from its raw register readings (and its hourly peak rates)."""
     curve = derive(points, Limits.for_meter(meter))
     n = len(timeline)
     bounds = [*timeline.starts, timeline.end_of(n - 1)] if n else []
@@ -166,7 +169,13 @@ def build_series(
             while g < len(gaps) and gaps[g][1] <= s0:
                 g += 1
             known[i] = not (g < len(gaps) and gaps[g][0] < e0)
-    return MeterSeries(meter, building, timeline, curve, used, known, samples, occupied)
+    rate: list[float | None] = [None] * n
+    for ts, v in rates:
+        i = timeline.index(ts)
+        if 0 <= i < n:
+            cur = rate[i]
+            rate[i] = v if cur is None else max(cur, v)
+    return MeterSeries(meter, building, timeline, curve, used, known, samples, occupied, rate=rate)
 
 
 def occupancy_for(timeline: Timeline, building: Building, calendar: OccupancyCalendar) -> list[bool]:
@@ -179,6 +188,7 @@ def build_campus(
     points: dict[str, Sequence[tuple[int, float]]],
     calendar: OccupancyCalendar,
     meters: Iterable[Meter] | None = None,
+    rates: dict[str, Sequence[tuple[int, float]]] | None = None,
 ) -> dict[str, MeterSeries]:
     """Series of every configured meter (an empty series for a meter with no data)."""
     occ: dict[str, list[bool]] = {}
@@ -188,5 +198,5 @@ def build_campus(
         assert b is not None  # config validation guarantees it
         if b.id not in occ:
             occ[b.id] = occupancy_for(timeline, b, calendar)
-        out[m.id] = build_series(m, b, timeline, points.get(m.id, ()), occ[b.id])
+        out[m.id] = build_series(m, b, timeline, points.get(m.id, ()), occ[b.id], (rates or {}).get(m.id, ()))
     return out

@@ -1,15 +1,19 @@
-"""Reading what rules need from InfluxDB, and the quotas from accounting's targets table."""
+"""Reading what rules need from InfluxDB, the quotas from accounting's targets table, and gateways' last status."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC
 
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from api.alerts.rules.context import Quota
-from api.alerts.series import REGISTER
+from api.alerts.rules.context import GatewayWord, Quota
+from api.alerts.series import RATE, REGISTER
 from campusmon.config import CampusConfig, Meter
+from campusmon.db import GatewayStatus
 from campusmon.influx import InfluxStore
 from campusmon.quantities import MeterKind
 from campusmon.reading import Reading
@@ -25,27 +29,49 @@ def _where_meters(ids: Sequence[str]) -> str:
     return "(" + " OR ".join(f"\"meter\" = '{m}'" for m in ids) + ")"
 
 
-def fetch_registers(
-    store: InfluxStore, meters: Iterable[Meter], start: int, end: int
+def _per_meter(
+    store: InfluxStore, meters: Iterable[Meter], query: Callable[[MeterKind, str], str]
 ) -> dict[str, list[tuple[int, float]]]:
-    """Raw cumulative register readings of each meter in ``[start, end)``, oldest first."""
+    """Run ``query(kind, where)`` per meter kind in chunks of meters; points per meter, oldest first."""
     out: dict[str, list[tuple[int, float]]] = {}
     by_kind: dict[MeterKind, list[str]] = {}
     for m in meters:
         by_kind.setdefault(m.kind, []).append(m.id)
     for kind, ids in by_kind.items():
-        field = REGISTER[kind]
         for i in range(0, len(ids), CHUNK):
-            part = ids[i : i + CHUNK]
-            q = (
-                f'SELECT "{field}" FROM "{kind.value}" WHERE {_where_meters(part)} AND time >= {int(start)}s '
-                f'AND time < {int(end)}s GROUP BY "meter"'
-            )
-            for series in store.query(q):
-                meter = series["tags"].get("meter")
-                vals = out.setdefault(meter, [])
+            for series in store.query(query(kind, _where_meters(ids[i : i + CHUNK]))):
+                vals = out.setdefault(series["tags"].get("meter"), [])
                 vals.extend((int(t), float(v)) for t, v in series["values"] if v is not None)
     return out
+
+
+def fetch_registers(
+    store: InfluxStore, meters: Iterable[Meter], start: int, end: int
+) -> dict[str, list[tuple[int, float]]]:
+    """Raw cumulative register readings of each meter in ``[start, end)``, oldest first."""
+    return _per_meter(
+        store,
+        meters,
+        lambda kind, where: (
+            f'SELECT "{REGISTER[kind]}" FROM "{kind.value}" WHERE {where} AND time >= {int(start)}s '
+            f'AND time < {int(end)}s GROUP BY "meter"'
+        ),
+    )
+
+
+def fetch_rates(
+    store: InfluxStore, meters: Iterable[Meter], start: int, end: int
+) -> dict[str, list[tuple[int, float]]]:
+    """Hourly peak of each meter's reported flow or power in ``[start, end)``: evidence that it moved."""
+    return _per_meter(
+        store,
+        meters,
+        lambda kind, where: (
+            f'SELECT max("{RATE[kind]}") FROM "{kind.value}" WHERE {where} '
+            f"AND time >= {int(start)}s AND time < {int(end)}s "
+            f'GROUP BY time(1h), "meter" fill(none)'
+        ),
+    )
 
 
 def fetch_instant(store: InfluxStore, meters: Iterable[Meter], start: int, end: int) -> list[Reading]:
@@ -68,6 +94,27 @@ def fetch_instant(store: InfluxStore, meters: Iterable[Meter], start: int, end: 
                     if v is not None:
                         out.append(Reading(meter, name, float(v), ts))
     out.sort(key=lambda r: (r.ts, r.meter))
+    return out
+
+
+def load_gateway_status(sessions: sessionmaker | None) -> dict[str, GatewayWord]:
+    """Each gateway's last status as ingest recorded it; none without a database or its table.
+
+    The status only adds words to a gateway alert, so a store that cannot be read leaves it out
+    (logged) rather than stopping the rule pass.
+    """
+    if sessions is None:
+        return {}
+    try:
+        with sessions() as s:
+            rows = list(s.scalars(select(GatewayStatus)))
+    except SQLAlchemyError as e:
+        log.warning("gateway status not read: %s", e)
+        return {}
+    out = {}
+    for r in rows:
+        at = r.received_at if r.received_at.tzinfo is not None else r.received_at.replace(tzinfo=UTC)
+        out[r.gateway] = GatewayWord(r.state, int(at.timestamp()))
     return out
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.alerts.config import AlertsConfig
 from api.alerts.lifecycle import Action, decide
-from api.alerts.messages import compose
+from api.alerts.messages import compose, display_round
 from api.alerts.models import Alert, AlertEvent, AlertNote, AlertSilence, Delivery, RuleState
 from api.alerts.rules import RULES, rule_matches
 from api.alerts.rules.base import SEVERITY_RANK, Finding, Level, Severity, Subject
@@ -70,8 +70,8 @@ def alert_json(a: Alert, cfg: CampusConfig, notes: Iterable[AlertNote] | None = 
         "cleared_at": _iso(a.cleared_at, cfg),
         "cleared_by": a.cleared_by,
         "assignee": a.assignee,
-        "value": a.value,
-        "threshold": a.threshold,
+        "value": display_round(a.value, a.unit),
+        "threshold": display_round(a.threshold, a.unit),
         "unit": a.unit,
         "waste": {
             "per_day": None if a.waste_per_day is None else round(a.waste_per_day, 3),
@@ -81,7 +81,8 @@ def alert_json(a: Alert, cfg: CampusConfig, notes: Iterable[AlertNote] | None = 
         },
         "message": a.message,
         "check": RULES[a.rule].check if a.rule in RULES else "",
-        "detail": a.detail or {},
+        "detail": {k: v for k, v in (a.detail or {}).items() if k != "evidence"},
+        "evidence": (a.detail or {}).get("evidence") or {},
     }
     if notes is not None:
         out["notes"] = [
@@ -335,10 +336,18 @@ class AlertStore:
                     row.ok_count += 1
                     self._clear(row, now, "rule")
                     self._open.pop(key, None)
+                    self._release(s, f.rule, sk[1], now)
                     out += self._write_events(s, [(row, "cleared", "rule", None)])
                 elif action is Action.UNLATCH:
                     self._put_state(s, f.rule, sk[1], self._states.get(sk, {}), now, latched=False)
         return out
+
+    def _release(self, s: Session, rule: str, subj: str, now: int) -> None:
+        """A cleared alert lets go of what its rule froze while it was open (a learned baseline)."""
+        st = self._states.get((rule, subj), {})
+        kept = released(rule, st)
+        if kept != st:
+            self._put_state(s, rule, subj, kept, now)
 
     def _new_alert(self, f: Finding, key: str, now: int, muted: bool) -> Alert:
         p_sev = f.severity or RULES[f.rule].severity
@@ -370,7 +379,7 @@ class AlertStore:
             currency=cost.currency,
             title=title,
             message=message,
-            detail=f.detail,
+            detail=with_evidence(f, since),
             updated_at=now,
         )
 
@@ -383,7 +392,7 @@ class AlertStore:
             row.severity = f.severity.value
         title, message, cost = compose(self.cfg, self.acfg, f, row.since)
         row.title, row.message, row.cost_per_day, row.currency = title, message, cost.per_day, cost.currency
-        row.detail = f.detail
+        row.detail = with_evidence(f, row.since)
         row.updated_at = now
 
     def _clear(self, row: Alert, now: int, by: str) -> None:
@@ -406,7 +415,7 @@ class AlertStore:
             )
             s.add(ev)
             s.flush()
-            if self.deliveries and not row.silenced and self.source == "live":
+            if self.deliveries and not row.silenced and row.source == "live":
                 from api.alerts.notify.channels import channels_for
 
                 for ch in channels_for(self.acfg, etype, snap):
@@ -423,6 +432,33 @@ class AlertStore:
                     )
             out.append(event_json(ev))
         return out
+
+    def add_closed(self, rows: Iterable[Alert], actor: str) -> list[int]:
+        """Copy finished alerts in (a backtest's results) by the live write path: one transaction under
+        the ordering lock, one ``opened`` event each, listeners told. They stay out of the lifecycle
+        (no ``open_key``) and owe no notifications (their ``source`` is not live)."""
+        ids: list[int] = []
+        evs: list[dict[str, Any]] = []
+        now = int(self.clock())
+        with self.sessions() as s, s.begin():
+            self._lock_events(s)
+            for a in rows:
+                copy = Alert(
+                    **{c.name: getattr(a, c.name) for c in Alert.__table__.columns if c.name != "id"}
+                )
+                copy.open_key = None
+                copy.source = self.source
+                copy.updated_at = now
+                s.add(copy)
+                s.flush()
+                evs += self._write_events(s, [(copy, "opened", actor, None)])
+                ids.append(copy.id)
+        for listener in self.listeners:
+            try:
+                listener(evs)
+            except Exception:
+                log.exception("alert event listener failed")
+        return ids
 
     # -- people's actions ------------------------------------------------------------------------------
 
@@ -471,7 +507,8 @@ class AlertStore:
             if row.open_key is not None:
                 self._open.pop(row.open_key, None)
             subj = subject_key(Subject(row.subject_kind, row.subject_id, row.building, row.variant))  # type: ignore[arg-type]
-            self._put_state(s, row.rule, subj, self._states.get((row.rule, subj), {}), now, latched=True)
+            kept = released(row.rule, self._states.get((row.rule, subj), {}))
+            self._put_state(s, row.rule, subj, kept, now, latched=True)
             self._clear(row, now, actor)
             return "cleared", {"by": actor}
 
@@ -580,6 +617,29 @@ class AlertStore:
                 .group_by(Alert.severity)
             ).all()
         return {sev: n for sev, n in rows}
+
+
+def released(rule: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The rule's state without the keys it freezes while an alert is open."""
+    frozen = RULES[rule].frozen if rule in RULES else ()
+    return {k: v for k, v in state.items() if k not in frozen}
+
+
+def with_evidence(f: Finding, since: int | None) -> dict[str, Any]:
+    """The finding's detail plus its evidence, filled in from the finding where the rule gave less."""
+    ev: dict[str, Any] = {
+        "meter": f.meter,
+        "quantity": f.unit,
+        "start": since,
+        "end": f.ts,
+        "value": f.value,
+        "threshold": f.threshold,
+        "unit": f.unit,
+        "baseline": None,
+        "baseline_method": RULES[f.rule].basis if f.rule in RULES else "",
+    }
+    ev.update(f.evidence)
+    return {**f.detail, "evidence": ev}
 
 
 def event_json(e: AlertEvent) -> dict[str, Any]:

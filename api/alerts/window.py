@@ -19,9 +19,9 @@ from sqlalchemy.orm import sessionmaker
 
 from api.alerts.config import AlertsConfig, alerts_config
 from api.alerts.evaluate import window_findings
-from api.alerts.rules.context import Quota, WindowContext
+from api.alerts.rules.context import GatewayWord, Quota, WindowContext
 from api.alerts.series import OccupancyCalendar, Timeline, build_campus
-from api.alerts.source import fetch_registers, load_quotas
+from api.alerts.source import fetch_rates, fetch_registers, load_gateway_status, load_quotas
 from api.alerts.store import AlertStore
 from campusmon.config import CampusConfig
 from campusmon.influx import InfluxStore
@@ -54,11 +54,40 @@ def calendar(cfg: CampusConfig) -> OccupancyCalendar:
 
 
 def context_at(
-    cfg: CampusConfig, timeline: Timeline, series: dict, now: int, settle: int, quotas: list[Quota]
+    cfg: CampusConfig,
+    timeline: Timeline,
+    series: dict,
+    now: int,
+    settle: int,
+    quotas: list[Quota],
+    expected: dict[str, int] | None = None,
+    gateways: dict[str, GatewayWord] | None = None,
 ) -> WindowContext:
     return WindowContext(
-        now, timeline.complete_upto(now - settle), timeline, series, children_of(cfg), quotas
+        now,
+        timeline.complete_upto(now - settle),
+        timeline,
+        series,
+        children_of(cfg),
+        quotas,
+        expected or {},
+        gateways or {},
     )
+
+
+def expected_from(cfg: CampusConfig, acfg: AlertsConfig, default: dict[str, int] | int) -> dict[str, int]:
+    """When each meter was first expected to report: its commissioning date, else ``default``."""
+    out = {}
+    for m in cfg.meters:
+        at = acfg.commissioned(m)
+        out[m.id] = at if at is not None else (default if isinstance(default, int) else default[m.id])
+    return out
+
+
+# Rule-state keys of the evaluator itself (not a rule): when it first saw each meter in the config,
+# and how far it has judged, so a restart catches up on the hours nobody judged.
+CONFIGURED = ("data.never_reported", "configured")
+JUDGED = ("window.pass", "judged")
 
 
 class WindowEvaluator:
@@ -82,6 +111,7 @@ class WindowEvaluator:
         self._val: dict[str, array] = {}
         self._fetched_until: int | None = None
         self._last_full = 0.0
+        self._rates: dict[str, list[tuple[int, float]]] = {}
         self.last_pass: dict[str, Any] = {}
 
     def refresh(self, now: int) -> None:
@@ -106,6 +136,11 @@ class WindowEvaluator:
                 new_ts.append(t)
                 new_val.append(v)
             self._ts[m.id], self._val[m.id] = new_ts, new_val
+        # Hourly peaks of flow and power: one aggregate per meter-hour, re-read over the same span.
+        rates = fetch_rates(self.influx, self.cfg.meters, since - since % 3600, now + 1)
+        for mid in {m.id for m in self.cfg.meters}:
+            old = [x for x in self._rates.get(mid, ()) if start <= x[0] < since - since % 3600]
+            self._rates[mid] = old + rates.get(mid, [])
         self._fetched_until = now + 1
         if full:
             self._last_full = now
@@ -113,32 +148,77 @@ class WindowEvaluator:
     def points(self) -> dict[str, Iterable[tuple[int, float]]]:
         return {m: list(zip(self._ts[m], self._val[m], strict=True)) for m in self._ts}
 
+    def _expected(self, now: int) -> dict[str, int]:
+        """First time this system saw each meter in its config (kept), or its commissioning date."""
+        seen = dict(self.store.state_by_key(*CONFIGURED))
+        added = {m.id: now for m in self.cfg.meters if m.id not in seen}
+        if added:
+            seen.update(added)
+            self.store.save_states({CONFIGURED: seen})
+        return expected_from(self.cfg, self.acfg, {m.id: int(seen[m.id]) for m in self.cfg.meters})
+
+    def pending_passes(self, now: int) -> list[int]:
+        """Evaluation times not yet judged, oldest first, ending at ``now``.
+
+        After a start or a gap in the passes, the hours nobody judged are judged in steps of the
+        schedule's interval (as far back as ``catchup_days`` and the look-back allow), so the live
+        feed raises what a backtest of the same period raises.
+        """
+        st = self.acfg.settings.schedule
+        step = st.interval_s
+        bound = now - int(min(st.catchup_days, st.lookback_days - 1) * 86400)
+        judged = self.store.state_by_key(*JUDGED).get("until")
+        t = max(int(judged), bound) if judged is not None else bound
+        out = []
+        while t + step < now:
+            t += step
+            out.append(t)
+        out.append(now)
+        return out
+
     def run(self, now: int | None = None, rules: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """Evaluate once; returns the alert events written."""
+        """Evaluate once (catching up on unjudged passes first); returns the alert events written."""
         t0 = time.monotonic()
         now = int(self.clock()) if now is None else int(now)
         self.refresh(now)
         t1 = time.monotonic()
         lookback = self.acfg.settings.schedule.lookback_days * 86400
         timeline = Timeline.build(now - lookback, now, self.cfg.site.tz, self.calendar)
-        series = build_campus(self.cfg, timeline, self.points(), self.calendar)
-        quotas = load_quotas(self.cfg, self.sessions, datetime.fromtimestamp(now, self.cfg.site.tz).date())
-        ctx = context_at(self.cfg, timeline, series, now, settle_s(self.cfg, self.acfg), quotas)
+        series = build_campus(self.cfg, timeline, self.points(), self.calendar, rates=self._rates)
+        expected = self._expected(now)
+        settle = settle_s(self.cfg, self.acfg)
+        passes = self.pending_passes(now) if rules is None else [now]
         t2 = time.monotonic()
-        findings = window_findings(self.acfg, ctx, self.store.state, rules)
+        events: list[dict[str, Any]] = []
+        findings = 0
+        quotas: dict[object, list[Quota]] = {}
+        gateways = load_gateway_status(self.sessions) if _any_gateway(self.cfg) else {}
+        for at in passes:
+            day = datetime.fromtimestamp(at, self.cfg.site.tz).date()
+            if day not in quotas:
+                quotas[day] = load_quotas(self.cfg, self.sessions, day)
+            ctx = context_at(self.cfg, timeline, series, at, settle, quotas[day], expected, gateways)
+            found = window_findings(self.acfg, ctx, self.store.state, rules)
+            findings += len(found)
+            events += self.store.apply(found)
+        if rules is None:
+            self.store.save_states({JUDGED: {"until": now}})
         t3 = time.monotonic()
-        events = self.store.apply(findings)
         self.last_pass = {
             "at": now,
             "meters": len(series),
-            "findings": len(findings),
+            "passes": len(passes),
+            "findings": findings,
             "events": len(events),
             "fetch_s": round(t1 - t0, 3),
             "prepare_s": round(t2 - t1, 3),
             "rules_s": round(t3 - t2, 3),
-            "apply_s": round(time.monotonic() - t3, 3),
         }
         return events
+
+
+def _any_gateway(cfg: CampusConfig) -> bool:
+    return any(m.gateway is not None for m in cfg.meters)
 
 
 def _bisect(a: array, x: int) -> int:

@@ -6,7 +6,8 @@ address/number; follow-up reads (12H) for replies longer than one frame; read ad
 broadcast time set (08H, which sets its clock and is never answered). An unknown data identifier
 gets an abnormal reply (D1H, error bit 1 "no requested data").
 
-Where protocols.md marks a detail as unverified, this model makes a stated choice:
+Where the protocol texts leave a detail unconfirmed (docs/references.md#dlt645), this model makes
+a stated choice:
 - block order for ``DI1 = FF`` and ``DI0 = FF`` together: settlement period outer (current, last 1..12),
   tariff inner (total, T1..T4);
 - follow-up: the first reply (B1H) carries DI + data; each 12H request carries DI + SEQ (1, 2, ...);

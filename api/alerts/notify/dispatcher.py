@@ -2,7 +2,8 @@
 
 Deliveries are rows written in the same transaction as their event, so whichever process raised
 an alert, the dispatcher (run by the API's scheduler) finds and sends it. Per channel, events go
-out in order: a delivery waiting for its retry holds back the later ones of that channel.
+out in order: a delivery waiting for its retry holds back the later ones of that channel, and only
+those: channels are queued separately and served in turn.
 """
 
 from __future__ import annotations
@@ -66,37 +67,52 @@ class Dispatcher:
         return f"{base}/api/v1/alerts/{alert_id}" if base else None
 
     def run_once(self, limit: int = 200) -> int:
-        """Send what is due; returns how many were delivered in this run."""
+        """Send what is due; returns how many were delivered in this run.
+
+        Each channel has its own queue: up to ``limit`` of its oldest pending deliveries, sent in
+        order and taken in turn with the other channels', so a dead receiver with a long backlog
+        holds back only its own channel, never the others.
+        """
         with self._lock:
             now = self.clock()
             with self.sessions() as s:
-                due = list(
-                    s.scalars(
-                        select(Delivery)
-                        .where(Delivery.status == "pending")
-                        .order_by(Delivery.id)
-                        .limit(limit)
-                    )
+                channels = sorted(
+                    s.scalars(select(Delivery.channel).where(Delivery.status == "pending").distinct())
                 )
+                queues: dict[str, list[Delivery]] = {}
+                for ch in channels:
+                    q = list(
+                        s.scalars(
+                            select(Delivery)
+                            .where(Delivery.status == "pending", Delivery.channel == ch)
+                            .order_by(Delivery.id)
+                            .limit(limit)
+                        )
+                    )
+                    if q:
+                        queues[ch] = q
+                wanted = {d.event_id for q in queues.values() for d in q}
                 events = {
                     e.id: event_json(e)
-                    for e in s.scalars(select(AlertEvent).where(AlertEvent.id.in_({d.event_id for d in due})))
+                    for e in s.scalars(select(AlertEvent).where(AlertEvent.id.in_(wanted)))
                 }
-            blocked: set[str] = set()
             sent = 0
-            for d in due:
-                if d.channel in blocked:
-                    continue
-                if d.next_attempt_at > now:
-                    blocked.add(d.channel)
-                    continue
-                ev = events.get(d.event_id)
-                ok, err = (False, "event missing") if ev is None else self._send(d.channel, ev, d.id)
-                self._record(d.id, ok, err)
-                if ok:
-                    sent += 1
-                else:
-                    blocked.add(d.channel)
+            turn = 0
+            while queues:
+                for ch in list(queues):
+                    q = queues[ch]
+                    d = q[turn]
+                    if d.next_attempt_at > now:  # waiting for its retry: the later ones wait too
+                        del queues[ch]
+                        continue
+                    ev = events.get(d.event_id)
+                    ok, err = (False, "event missing") if ev is None else self._send(d.channel, ev, d.id)
+                    self._record(d.id, ok, err)
+                    if ok:
+                        sent += 1
+                    if not ok or turn + 1 >= len(q):
+                        del queues[ch]
+                turn += 1
             return sent
 
     def _record(self, delivery_id: int, ok: bool, err: str) -> None:
@@ -169,15 +185,19 @@ class Dispatcher:
 
     def _mqtt_client(self) -> Any:
         if self._mqtt is None:
-            import paho.mqtt.client as mqtt
-            from paho.mqtt.enums import CallbackAPIVersion
+            from campusmon.mqtt import MqttAuth, make_client
 
             m = self.cfg.mqtt
-            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{m.client_id}-alerts")
-            if m.username:
-                c.username_pw_set(m.username, m.password)
-            if m.tls:
-                c.tls_set()
+            if m.username and not m.api_username:
+                # A locked broker binds client ids to user names: as the collector, the API would
+                # take over the collector's session and drop its queued readings.
+                raise RuntimeError(
+                    "set mqtt.api_username and mqtt.api_password: the API needs a broker identity of "
+                    "its own (`campusmon devices add <name> --kind api`), not the collector's"
+                )
+            c = make_client(
+                f"{m.client_id}-alerts", MqttAuth.of(m, m.api_username, m.api_password), protocol="3.1.1"
+            )
             c.connect(m.host, m.port, keepalive=m.keepalive)
             c.loop_start()
             self._mqtt = c

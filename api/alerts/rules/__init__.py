@@ -20,6 +20,7 @@ RULES: dict[str, RuleSpec] = {
             "Walk the building at night: running toilets and urinals, dripping taps, cistern overflows, "
             "irrigation or cooling make-up left on; then check the pipework for a burst.",
             water.night_flow,
+            frozen=("baseline",),
         ),
         RuleSpec(
             "leak.continuous_flow",
@@ -32,6 +33,7 @@ RULES: dict[str, RuleSpec] = {
             "Look for a fixture that never shuts off: a running toilet, a stuck float valve, a tap left open; "
             "read the meter dial with everything closed to confirm.",
             water.continuous_flow,
+            frozen=("resting",),
         ),
         RuleSpec(
             "leak.balance",
@@ -44,6 +46,7 @@ RULES: dict[str, RuleSpec] = {
             "Water is lost between the main meter and the sub-meters: check the buried and riser pipes, "
             "unmetered branches and the sub-meters themselves.",
             water.balance,
+            frozen=("baseline",),
         ),
         RuleSpec(
             "after_hours.usage",
@@ -52,10 +55,25 @@ RULES: dict[str, RuleSpec] = {
             electricity.AfterHoursParams,
             _S.MINOR,
             "electricity",
-            "out-of-hours use vs the building's own empty-hour profile (Energy Sparks; standards §3.2, §3.5)",
+            "out-of-hours use vs the building's own empty-hour profile (Energy Sparks; docs/references.md#after-hours)",
             "Check lights, air conditioning, ventilation and equipment left on after closing; "
             "check timers and the BMS schedule.",
             electricity.after_hours,
+            frozen=("since",),
+        ),
+        RuleSpec(
+            "after_hours.water",
+            "window",
+            "Water used in a closed building",
+            water.AfterHoursWaterParams,
+            _S.MINOR,
+            "water",
+            "empty-hour use vs the building's own empty hours, closed-hours base load on a first closed day "
+            "(跑冒滴漏: canteen water running until 3 a.m.; project choice of ratio)",
+            "Walk the building after closing: taps, hoses and spray guns in kitchens and washrooms, "
+            "cleaning machines, cistern fill valves; check that the last person out shuts the water off.",
+            water.after_hours_water,
+            frozen=("since",),
         ),
         RuleSpec(
             "after_hours.baseload_creep",
@@ -67,6 +85,7 @@ RULES: dict[str, RuleSpec] = {
             "7-day mean base load > 1.15 x long-term (Energy Sparks MAXBASELOADCHANGE)",
             "Something new runs day and night: servers, fridges, heaters, pumps or lighting on a broken timer.",
             electricity.baseload_creep,
+            frozen=("long_term",),
         ),
         RuleSpec(
             "quota.exceeded",
@@ -98,7 +117,7 @@ RULES: dict[str, RuleSpec] = {
             electricity.SpikeParams,
             _S.MINOR,
             "any",
-            "same weekday and hour of the last 4 weeks (time-of-week baseline, standards §7)",
+            "same weekday and hour of the last 4 weeks (time-of-week baseline, docs/references.md#project-defaults)",
             "Check what is running that does not usually run at this hour: an event, a fault, plant on manual.",
             electricity.spike,
         ),
@@ -109,7 +128,7 @@ RULES: dict[str, RuleSpec] = {
             instant.HighPowerParams,
             _S.CRITICAL,
             "room",
-            "step >= 800 W lasting >= 30 s, PF >= 0.95 (standards §3.3)",
+            "step >= 800 W lasting >= 30 s, PF >= 0.95 (docs/references.md#dorm-loads)",
             "Visit the room: a kettle, heater, hair dryer, immersion heater or induction cooker is likely; "
             "these are a fire risk in dorms.",
             instant.high_power,
@@ -121,7 +140,7 @@ RULES: dict[str, RuleSpec] = {
             instant.OverCapParams,
             _S.MAJOR,
             "room",
-            "room caps of 800-1500 W (standards §3.3)",
+            "room caps of 800-1500 W (docs/references.md#dorm-loads)",
             "Check the room's appliances and its breaker; the cap protects the wiring.",
             instant.over_cap,
         ),
@@ -132,7 +151,7 @@ RULES: dict[str, RuleSpec] = {
             instant.OverloadParams,
             _S.CRITICAL,
             "electricity",
-            "> 105 % of rated current = level-1; 90-100 % = warning (standards §3.4)",
+            "> 105 % of rated current = level-1; 90-100 % = warning (docs/references.md#overload)",
             "Reduce the load on the circuit and have an electrician check the breaker, cable and connections.",
             instant.overload,
         ),
@@ -143,9 +162,33 @@ RULES: dict[str, RuleSpec] = {
             health.OfflineParams,
             _S.MAJOR,
             "any",
-            "N missed readings (N = 4, project choice; standards §7)",
+            "N missed readings (N = 4, project choice; docs/references.md#project-defaults)",
             "Check the meter's power and bus wiring, the gateway and its network link.",
             health.offline,
+        ),
+        RuleSpec(
+            "data.gateway_offline",
+            "window",
+            "Gateway silent",
+            health.GatewayOfflineParams,
+            _S.MAJOR,
+            "gateway",
+            "every meter of one gateway silent together for N missed readings (N = 4, project choice)",
+            "Check the gateway: its power supply, network link and SIM or Ethernet; the meters behind it "
+            "are probably fine. Its own offline alerts are folded into this one.",
+            health.gateway_offline,
+        ),
+        RuleSpec(
+            "data.never_reported",
+            "window",
+            "Meters configured but never reported",
+            health.NeverReportedParams,
+            _S.WARNING,
+            "campus",
+            "commissioning check: a configured meter with no reading 24 h after it was expected (project choice)",
+            "Check that each listed meter is installed, wired to its gateway and addressed as in the config, "
+            "or remove it from the config.",
+            health.never_reported,
         ),
         RuleSpec(
             "data.completeness",
@@ -165,7 +208,7 @@ RULES: dict[str, RuleSpec] = {
             health.StuckParams,
             _S.MINOR,
             "any",
-            "register unchanged while readings keep arriving (anchors §3 item 8)",
+            "register unchanged while readings keep arriving (docs/references.md#garbage-values)",
             "The meter reports but does not count: check the meter itself, its CT/pulse input and the decoder.",
             health.stuck,
         ),
@@ -176,7 +219,7 @@ RULES: dict[str, RuleSpec] = {
             health.BackwardsParams,
             _S.WARNING,
             "any",
-            "cumulative registers only rise; drops that are not a rollover (anchors §3 item 4)",
+            "cumulative registers only rise; drops that are not a rollover (docs/references.md#counter-resets)",
             "Was the meter replaced or reset? Record the replacement so totals stay right; otherwise check the "
             "decoding of its register.",
             health.counter_backwards,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SubjectKind = Literal["meter", "room", "building"]
+SubjectKind = Literal["meter", "room", "building", "campus", "gateway"]
 
 
 class Level(StrEnum):
@@ -77,6 +77,9 @@ class Finding:
     detail: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] | None = None
     clear_after: int = 1
+    # What the rule judged, at full precision: meter and quantity, window start and end, value,
+    # the baseline or threshold it was compared with and how that baseline was made.
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 class Params(BaseModel):
@@ -105,6 +108,9 @@ class RuleSpec:
     basis: str  # the standard or practice the default numbers come from
     check: str  # what staff should check, in plain words
     evaluate: Callable[..., Any] | None = None
+    # State keys frozen while an alert is open (a learned baseline); released when it clears, so the
+    # next alert judges against a baseline learned afresh.
+    frozen: tuple[str, ...] = ()
 
 
 # -- small numeric helpers shared by rules ---------------------------------------------------------------

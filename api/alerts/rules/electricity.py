@@ -1,14 +1,15 @@
 """Electricity left on: use in unoccupied hours, a creeping base load, and spikes against the usual week.
 
-Numbers (standards.md §3.2): schools stand empty ~85 % of the year; daily base load = mean of
+Numbers (docs/references.md#base-load): schools stand empty ~85 % of the year; daily base load = mean of
 the lowest 4 hours; alert when the 7-day mean base load exceeds 1.15 x the long-term mean
-(Energy Sparks ``MAXBASELOADCHANGE``). No standard gives an after-hours ratio (§3.5, §6 item 7):
+(Energy Sparks ``MAXBASELOADCHANGE``). No standard gives an after-hours ratio (#after-hours, #gaps):
 the after-hours rule compares each empty hour with the same hour of recent empty days of the
 same kind, so a campus's own weekend and vacation profile is the yardstick.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 
 from pydantic import Field
@@ -20,15 +21,56 @@ from api.alerts.series import MeterSeries
 UNOCCUPIED_KINDS = ("weekend", "holiday", "vacation")
 
 
-class AfterHoursParams(Params):
+class EmptyHoursParams(Params):
+    """Settings shared by the after-hours rules of every meter kind."""
+
     hours: int = Field(default=3, ge=1, description="consecutive empty hours above the usual before it fires")
     ratio: float = Field(default=1.5, gt=1)
-    min_excess_kw: float = Field(default=2.0, ge=0, description="and at least this much above the usual")
     reference_days: int = Field(default=21, ge=2)
     min_reference_days: int = Field(default=2, ge=1)
+    base_history_days: int = Field(
+        default=7,
+        ge=1,
+        description="days of history before a closed day with no comparable empty day is judged on base load",
+    )
+    min_base_hours: int = Field(default=24, ge=1, description="closed hours needed for a base load")
     clear_ratio: float = Field(
         default=0.5, ge=0, lt=1, description="clears when the excess falls under this share"
     )
+
+    @property
+    def min_excess(self) -> float:
+        raise NotImplementedError
+
+
+class AfterHoursParams(EmptyHoursParams):
+    min_excess_kw: float = Field(default=2.0, ge=0, description="and at least this much above the usual")
+
+    @property
+    def min_excess(self) -> float:
+        return self.min_excess_kw
+
+
+# How the usual use of an empty hour was found, in the words of the message.
+SAME_KIND = "same hour on earlier empty days of the same kind"
+EMPTY_KINDS = "same hour on earlier weekends, holidays and vacation days"
+CLOSED_BASE = "closed-hours base load"
+
+
+@dataclass(frozen=True, slots=True)
+class Units:
+    """What an after-hours rule measures: hourly use in ``rate`` (kW, m3/h), waste in ``amount`` (kWh, m3)."""
+
+    rule: str
+    quantity: str
+    rate: str
+    amount: str
+    # Clear only on a whole clean empty stretch so far: taps left on from closing to 03:00 every night
+    # are one alert, not one per night cleared by the quiet hours before opening.
+    whole_stretch: bool = False
+
+
+ELECTRICITY_UNITS = Units("after_hours.usage", "energy_kwh", "kW", "kWh")
 
 
 def _same_hour_reference(
@@ -63,9 +105,62 @@ def _same_hour_reference(
     return median(vals) if len(vals) >= min_days else None
 
 
-def after_hours_reference(s: MeterSeries, i: int, p: AfterHoursParams, tainted: set[str]) -> float | None:
-    """Only earlier hours count, so the answer for hour ``i`` never changes and is remembered."""
-    key = ("ahref", i, p.reference_days, p.min_reference_days, tuple(sorted(tainted)))
+def _closed_all_day(s: MeterSeries, i: int) -> bool:
+    """Whether the building is closed for the whole local day of hour ``i`` (per the calendar)."""
+    tl = s.timeline
+    key = ("closedday", tl.days[i])
+    if key not in s.memo:
+        a = i
+        while a > 0 and tl.days[a - 1] == tl.days[i]:
+            a -= 1
+        b = i
+        while b < len(tl) and tl.days[b] == tl.days[i]:
+            b += 1
+        s.memo[key] = not any(s.occupied[a:b])
+    return bool(s.memo[key])
+
+
+def _closed_base_load(s: MeterSeries, i: int, p: EmptyHoursParams, tainted: set[str]) -> float | None:
+    """Median use of the building's earlier closed hours (its nights): what it draws with nothing on.
+
+    Judged only with ``base_history_days`` of data before the day, so a first weekend at cold
+    start is not compared with nights.
+    """
+    tl = s.timeline
+    day = tl.days[i]
+    vals: list[float] = []
+    oldest = None
+    j = i - 1
+    while j >= 0:
+        d = tl.days[j]
+        if (day - d).days > p.reference_days:
+            break
+        if s.known[j]:
+            oldest = d
+            if not s.occupied[j] and d.isoformat() not in tainted:
+                vals.append(s.used[j])
+        j -= 1
+    if oldest is None or (day - oldest).days < p.base_history_days or len(vals) < p.min_base_hours:
+        return None
+    return median(vals)
+
+
+def after_hours_reference(
+    s: MeterSeries, i: int, p: EmptyHoursParams, tainted: set[str]
+) -> tuple[float | None, str]:
+    """The usual use of empty hour ``i`` and how it was found.
+
+    Only earlier hours count, so the answer for hour ``i`` never changes and is remembered.
+    """
+    key = (
+        "ahref",
+        i,
+        p.reference_days,
+        p.min_reference_days,
+        p.base_history_days,
+        p.min_base_hours,
+        tuple(sorted(tainted)),
+    )
     if key in s.memo:
         return s.memo[key]  # type: ignore[return-value]
     ref = _after_hours_reference(s, i, p, tainted)
@@ -73,17 +168,35 @@ def after_hours_reference(s: MeterSeries, i: int, p: AfterHoursParams, tainted: 
     return ref
 
 
-def _after_hours_reference(s: MeterSeries, i: int, p: AfterHoursParams, tainted: set[str]) -> float | None:
+def _after_hours_reference(
+    s: MeterSeries, i: int, p: EmptyHoursParams, tainted: set[str]
+) -> tuple[float | None, str]:
     kind = s.timeline.day_kinds[i]
     ref = _same_hour_reference(s, i, p.reference_days, p.min_reference_days, (kind,), tainted, False)
-    if ref is None and kind in UNOCCUPIED_KINDS:
+    if ref is not None:
+        return ref, SAME_KIND
+    if kind in UNOCCUPIED_KINDS:
         ref = _same_hour_reference(
             s, i, p.reference_days, p.min_reference_days, UNOCCUPIED_KINDS, tainted, False
         )
-    return ref
+        if ref is not None:
+            return ref, EMPTY_KINDS
+        # A closed day with no comparable empty day (a first holiday in a building open at weekends):
+        # its own closed-hours base load is the yardstick, never the use of days it was open.
+        if _closed_all_day(s, i):
+            return _closed_base_load(s, i, p, tainted), CLOSED_BASE
+    return None, SAME_KIND
 
 
 def after_hours(s: MeterSeries, ctx: WindowContext, p: AfterHoursParams, state: dict) -> Finding | None:
+    return judge_after_hours(s, ctx, p, state, ELECTRICITY_UNITS)
+
+
+def judge_after_hours(
+    s: MeterSeries, ctx: WindowContext, p: EmptyHoursParams, state: dict, units: Units
+) -> Finding | None:
+    """Use in empty hours against the building's own empty-hour use, for any cumulative meter."""
+    rule = units.rule
     u = ctx.upto
     if u < p.hours:
         return None
@@ -93,57 +206,151 @@ def after_hours(s: MeterSeries, ctx: WindowContext, p: AfterHoursParams, state: 
     # Occupied hours say nothing about waste after hours: an open alert waits for the next empty stretch
     # to be judged clean, so lights left on every night make one alert, not one per night.
     if not all(s.known[i] and not s.occupied[i] for i in window):
-        return Finding("after_hours.usage", subject, Level.HOLD, ctx.now, meter=s.meter.id)
-    refs = [after_hours_reference(s, i, p, tainted) for i in window]
+        return Finding(rule, subject, Level.HOLD, ctx.now, meter=s.meter.id)
+    found = [after_hours_reference(s, i, p, tainted) for i in window]
+    refs = [r for r, _how in found]
     if any(r is None for r in refs):
         return Finding(
-            "after_hours.usage",
+            rule,
             subject,
             Level.HOLD,
             ctx.now,
             meter=s.meter.id,
             detail={"why": "no earlier empty days of this kind to compare with"},
         )
+    how = CLOSED_BASE if any(h == CLOSED_BASE for _r, h in found) else found[-1][1]
     used = [s.used[i] for i in window]
     excess = [x - r for x, r in zip(used, refs, strict=True)]  # type: ignore[operator]
     mean_ref = mean(refs)  # type: ignore[arg-type]
-    mean_excess = mean(excess)
     detail = {
+        "usual": round(mean_ref, 4),
+        "now": round(mean(used), 4),
         "usual_kw": round(mean_ref, 3),
         "now_kw": round(mean(used), 3),
+        "rate_unit": units.rate,
         "hours": p.hours,
         "day_kind": s.timeline.day_kinds[u - 1],
+        "reference": how,
     }
+    if units.rate != "kW":
+        del detail["usual_kw"], detail["now_kw"]
     common = dict(
         value=mean(used),
         threshold=mean_ref * p.ratio,
-        unit="kW",
+        unit=units.rate,
         meter=s.meter.id,
-        waste_unit="kWh",
+        waste_unit=units.amount,
         detail=detail,
     )
-    if all(x > p.ratio * r and e > p.min_excess_kw for x, r, e in zip(used, refs, excess, strict=True)):  # type: ignore[operator]
+    if all(x > p.ratio * r and e > p.min_excess for x, r, e in zip(used, refs, excess, strict=True)):  # type: ignore[operator]
         days = sorted(tainted | {s.timeline.days[i].isoformat() for i in window})[-p.reference_days :]
-        i = u - p.hours
-        while i > 0 and u - i < 168 and not s.occupied[i - 1] and s.known[i - 1]:
-            r = after_hours_reference(s, i - 1, p, tainted)
-            if r is None or s.used[i - 1] <= r * p.ratio:
-                break
-            i -= 1
+        tl = s.timeline
+        held = state.get("since")
+        if held is not None and tl.index(int(held)) >= 0:
+            # An open alert keeps the start it was raised with: message and evidence speak of one stretch.
+            i = tl.index(int(held))
+        else:
+            i = u - p.hours
+            while i > 0 and u - i < 168 and not s.occupied[i - 1] and s.known[i - 1]:
+                r, _h = after_hours_reference(s, i - 1, p, tainted)
+                if r is None or s.used[i - 1] <= r * p.ratio:
+                    break
+                i -= 1
+        # Waste is what the empty hours of the stretch used above the usual, over at most the last
+        # 24 hours: four hours past closing are four hours of waste, not a day's worth.
+        hours: list[tuple[int, float]] = []
+        for k in range(i, u):
+            if s.occupied[k] or not s.known[k]:
+                continue
+            r, _h = after_hours_reference(s, k, p, tainted)
+            if r is not None and s.used[k] > r:
+                hours.append((k, r))
+        over = [s.used[k] - r for k, r in hours if k >= u - 24]
+        total = sum(s.used[k] - r for k, r in hours)
+        kinds = empty_reasons([tl.day_kinds[k] for k, _r in hours])
+        if any(after_hours_reference(s, k, p, tainted)[1] == CLOSED_BASE for k, _r in hours):
+            how = CLOSED_BASE
+            detail["reference"] = how
+        amount = units.amount.lower()
+        detail.update(
+            {
+                "day_kind": tl.day_kinds[i],
+                "empty_because": kinds,
+                "stretch_hours": len(hours),
+                f"excess_{amount}": round(total, 4),
+                f"excess_{amount}_last_24h": round(sum(over), 4),
+            }
+        )
+        method = (
+            f"median of the building's closed hours over the last {p.reference_days} days "
+            f"(closed-hours base load: no earlier empty day of this kind)"
+            if how == CLOSED_BASE
+            else f"median of the {how} (last {p.reference_days} days, at least {p.min_reference_days})"
+        )
+        evidence = {
+            "meter": s.meter.id,
+            "quantity": units.quantity,
+            "start": tl.starts[i],
+            "end": tl.end_of(u - 1),
+            "value": mean(used),
+            "threshold": mean_ref * p.ratio,
+            "baseline": mean_ref,
+            "baseline_method": method,
+            "reference": how,
+            "hours": [{"start": tl.starts[k], amount: s.used[k], f"usual_{amount}": r} for k, r in hours],
+            f"excess_{amount}": total,
+        }
         return Finding(
-            "after_hours.usage",
+            rule,
             subject,
             Level.FIRING,
             ctx.now,
-            since=s.timeline.starts[i],
-            waste_per_day=mean_excess * 24,
-            state={"tainted": days},
+            since=tl.starts[i],
+            waste_per_day=sum(over),
+            state={"tainted": days, "since": tl.starts[i]},
+            evidence=evidence,
             **common,
         )
+    mean_excess = mean(excess)
     low_ratio = 1 + (p.ratio - 1) * p.clear_ratio
-    if mean(used) <= mean_ref * low_ratio or mean_excess <= p.min_excess_kw * p.clear_ratio:
-        return Finding("after_hours.usage", subject, Level.OK, ctx.now, **common)
-    return Finding("after_hours.usage", subject, Level.HOLD, ctx.now, **common)
+    clean = mean(used) <= mean_ref * low_ratio or mean_excess <= p.min_excess * p.clear_ratio
+    if clean and units.whole_stretch and state.get("since") is not None:
+        clean = _stretch_clean(s, u, p, tainted, low_ratio)
+    if clean:
+        rest = {k: v for k, v in state.items() if k != "since"}
+        return Finding(rule, subject, Level.OK, ctx.now, state=rest, **common)
+    return Finding(rule, subject, Level.HOLD, ctx.now, **common)
+
+
+def _stretch_clean(s: MeterSeries, u: int, p: EmptyHoursParams, tainted: set[str], low_ratio: float) -> bool:
+    """Every empty hour of the current stretch (back to the last open hour) is back within the clear line."""
+    k = u - 1
+    while k >= 0 and not s.occupied[k] and s.known[k]:
+        r, _h = after_hours_reference(s, k, p, tainted)
+        if r is None:
+            return False
+        if s.used[k] > r * low_ratio and s.used[k] - r > p.min_excess * p.clear_ratio:
+            return False
+        k -= 1
+    return True
+
+
+EMPTY_WORDS = {
+    "term": "after closing",
+    "weekend": "weekend",
+    "holiday": "public holiday",
+    "vacation": "vacation",
+}
+
+
+def empty_reasons(kinds: list[str]) -> list[str]:
+    """Why the building is empty over a stretch, in order: a weekday evening is a closing, not a weekend."""
+    out: list[str] = []
+    for k in kinds:
+        w = EMPTY_WORDS.get(k, k)
+        if w not in out:
+            out.append(w)
+    return out
 
 
 class BaseloadParams(Params):
@@ -176,17 +383,43 @@ def baseload_creep(s: MeterSeries, ctx: WindowContext, p: BaseloadParams, state:
     hist.update(daily_baseloads(s, ctx.upto, p.lowest_hours))
     if not hist:
         return None
+    # Working days and resting days (weekend, holiday, vacation) have different base loads: each
+    # recent day is compared with the long-term mean of its own group, so a holiday week in the
+    # history or a make-up workday in the recent week is not a creep.
+    groups = dict(state.get("groups", {}))
+    for d, a, _b in s.timeline.day_ranges(ctx.upto):
+        groups[d.isoformat()] = "work" if s.timeline.day_kinds[a] == "term" else "rest"
+
+    def group(d: date) -> str:
+        return groups.get(d.isoformat()) or ("work" if d.weekday() < 5 else "rest")
+
     last = max(hist)
     keep = {d: v for d, v in hist.items() if (last - d).days < p.history_days}
-    new_state = {**state, "days": {d.isoformat(): round(v, 4) for d, v in sorted(keep.items())}}
+    new_state = {
+        **state,
+        "days": {d.isoformat(): round(v, 4) for d, v in sorted(keep.items())},
+        "groups": {d.isoformat(): group(d) for d in sorted(keep)},
+    }
     days = sorted(keep)
-    recent = [keep[d] for d in days if (last - d).days < p.recent_days]
+    recent_days = [d for d in days if (last - d).days < p.recent_days]
+    recent = [keep[d] for d in recent_days]
     older = [keep[d] for d in days if (last - d).days >= p.recent_days]
     if len(recent) < max(1, p.recent_days - 2) or len(older) < p.min_history_days:
         return Finding(
             "after_hours.baseload_creep", subject, Level.HOLD, ctx.now, meter=s.meter.id, state=new_state
         )
-    long_term = state.get("long_term") or mean(older)
+    frozen = state.get("long_term")
+    if isinstance(frozen, dict):
+        by_group = frozen
+    else:
+        by_group = {}
+        for g in ("work", "rest"):
+            vals = [keep[d] for d in days if (last - d).days >= p.recent_days and group(d) == g]
+            if vals:
+                by_group[g] = mean(vals)
+        overall = mean(older)
+        by_group = {g: by_group.get(g, overall) for g in ("work", "rest")}
+    long_term = mean([by_group[group(d)] for d in recent_days])
     now_kw = mean(recent)
     detail = {
         "recent_baseload_kw": round(now_kw, 3),
@@ -214,7 +447,22 @@ def baseload_creep(s: MeterSeries, ctx: WindowContext, p: BaseloadParams, state:
             ctx.now,
             since=s.timeline.starts[since_i] if since_i is not None else None,
             waste_per_day=(now_kw - long_term) * 24,
-            state={**new_state, "long_term": long_term},
+            state={**new_state, "long_term": by_group},
+            evidence={
+                "meter": s.meter.id,
+                "quantity": "energy_kwh",
+                "start": s.timeline.starts[since_i] if since_i is not None else None,
+                "end": s.timeline.end_of(ctx.upto - 1) if ctx.upto else None,
+                "value": now_kw,
+                "threshold": long_term * p.ratio,
+                "baseline": long_term,
+                "baseline_method": (
+                    f"mean daily base load (mean of the {p.lowest_hours} lowest hours) over up to "
+                    f"{p.history_days} days before the last {p.recent_days}, working and resting days "
+                    "apart, weighted by the recent days' mix; frozen while the alert is open"
+                ),
+                "long_term_by_group": by_group,
+            },
             **common,
         )
     if now_kw <= long_term * (1 + (p.ratio - 1) * p.clear_ratio):
@@ -276,13 +524,35 @@ def spike(s: MeterSeries, ctx: WindowContext, p: SpikeParams, state: dict) -> Fi
         value=now, threshold=ref * p.ratio, unit=unit, meter=s.meter.id, waste_unit=s.unit, detail=detail
     )
     if all(x > r * p.ratio and x - r > min_excess for x, r in zip(used, refs, strict=True)):  # type: ignore[operator]
+        # The spike's own hours, back to where it began (at most a day): their excess is the waste.
+        i, hrefs = u - p.hours, list(refs)
+        while i > 0 and u - i < 24 and s.known[i - 1] and (not p.occupied_only or s.occupied[i - 1]):
+            r = spike_reference(s, i - 1, p.weeks, p.min_weeks)
+            if r is None or not (s.used[i - 1] > r * p.ratio and s.used[i - 1] - r > min_excess):
+                break
+            hrefs.insert(0, r)
+            i -= 1
+        excess = sum(max(s.used[k] - hrefs[k - i], 0.0) for k in range(i, u))
+        detail.update({"spike_hours": u - i, "excess": round(excess, 3)})
+        evidence = {
+            "meter": s.meter.id,
+            "quantity": "energy_kwh" if not water else "volume_m3",
+            "start": s.timeline.starts[i],
+            "end": s.timeline.end_of(u - 1),
+            "value": now,
+            "threshold": ref * p.ratio,
+            "baseline": ref,
+            "baseline_method": f"median of the same weekday and hour over the last {p.weeks} weeks, same kind of day",
+            "excess": excess,
+        }
         return Finding(
             "spike.baseline",
             subject,
             Level.FIRING,
             ctx.now,
-            since=s.timeline.starts[u - p.hours],
-            waste_per_day=(now - ref) * 24,
+            since=s.timeline.starts[i],
+            waste_per_day=excess,
+            evidence=evidence,
             **common,
         )
     if now <= ref * (1 + (p.ratio - 1) * p.clear_ratio) or now - ref <= min_excess * p.clear_ratio:

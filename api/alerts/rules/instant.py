@@ -3,9 +3,10 @@
 Each is a pure step ``(state, reading) -> (level, new state, facts)``; the caller keeps the state
 per meter and persists it, so a step that began before a restart still counts after it.
 
-Numbers (standards.md §3.3, §3.4, §7): "high power" usually means > 800 W, kettles 1500-2200 W;
-flag a step >= 800 W (configurable 500-1500) with PF >= 0.95 lasting >= 30 s; room caps are
-typically 800-1500 W; current > 105 % of rated is a level-1 (critical) alarm, 90-100 % a warning.
+Numbers (docs/references.md#dorm-loads, #overload, #project-defaults): "high power" usually
+means > 800 W, kettles 1500-2200 W; flag a step >= 800 W (configurable 500-1500) with PF >= 0.95
+lasting >= 30 s; room caps are typically 800-1500 W; current > 105 % of rated is a level-1
+(critical) alarm, 90-100 % a warning.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def high_power(state: dict[str, Any], ts: int, power: float, pf: float | None, p
         resistive = pf is None or p.min_pf is None or abs(pf) >= p.min_pf
         if rise >= p.step_w and resistive:
             new = {"base": base, "since": ts, "ts": ts, "active": p.duration_s == 0}
+            if p.duration_s == 0:
+                new["fired"] = ts
             level = Level.FIRING if p.duration_s == 0 else Level.HOLD
             return Step(level, new, power, base + p.step_w, ts, excess=rise)
         return Step(Level.OK, idle, power, base + p.step_w)
@@ -71,6 +74,9 @@ def high_power(state: dict[str, Any], ts: int, power: float, pf: float | None, p
         )
     firing = active or ts - since >= p.duration_s
     new = {"base": base, "since": since, "ts": ts, "active": firing}
+    if firing:
+        # When it fired: the message states how long the step had lasted then, not at the last update.
+        new["fired"] = state.get("fired") or ts
     return Step(Level.FIRING if firing else Level.HOLD, new, power, base + p.step_w, since, excess=rise)
 
 

@@ -1,6 +1,6 @@
 """Water leaks: minimum night flow, flow that never stops, and a main meter that its sub-meters do not add up to.
 
-Numbers (standards.md §3.1): MNF falls in 02:00-05:00 (Bentley WaterSight); a robust night
+Numbers (docs/references.md#water-leaks): MNF falls in 02:00-05:00 (Bentley WaterSight); a robust night
 baseline is the 7-night 20th percentile (UKWIR 99/WM/08/21); "leak" = at least 1 US gallon
 (3.8 L) in every hour of 24 h, estimated reads neither trigger nor clear (Badger AquaCUE);
 a unit's leak rate should stay under 4 % (节水型单位建设标准).
@@ -12,6 +12,7 @@ from pydantic import Field
 
 from api.alerts.rules.base import Finding, Level, Params, Subject, percentile
 from api.alerts.rules.context import WindowContext
+from api.alerts.rules.electricity import EmptyHoursParams, Units, judge_after_hours
 from api.alerts.series import MeterSeries
 
 
@@ -95,6 +96,19 @@ def night_flow(s: MeterSeries, ctx: WindowContext, p: NightFlowParams, state: di
         "window": f"{p.start_hour:02d}:00-{p.end_hour:02d}:00",
         "nights": p.nights,
     }
+    evidence = {
+        "meter": s.meter.id,
+        "quantity": "volume_m3",
+        "start": ts[first],
+        "end": s.timeline.end_of(_end - 1),
+        "value": mnf,
+        "threshold": base_txt + p.increase_m3h,
+        "baseline": baseline,
+        "baseline_method": (
+            f"{p.baseline_percentile:g}th percentile of the previous {p.baseline_nights} nights' lowest hourly "
+            f"flow ({p.start_hour:02d}:00-{p.end_hour:02d}:00), frozen while the alert is open"
+        ),
+    }
     if len(recent) == p.nights and all(leaking(v) for _a, _b, v in recent):
         since = ts[recent[0][0]]
         return Finding(
@@ -105,6 +119,7 @@ def night_flow(s: MeterSeries, ctx: WindowContext, p: NightFlowParams, state: di
             since=since,
             waste_per_day=max(mnf - base_txt, 0.0) * 24,
             detail=detail,
+            evidence=evidence,
             state={"baseline": baseline} if baseline is not None else None,
             **common,
         )
@@ -176,6 +191,16 @@ def continuous_flow(
         since=s.timeline.starts[i],
         waste_per_day=lowest * 24,
         detail={"lowest_hour_m3": round(lowest, 4), "hours": p.hours},
+        evidence={
+            "meter": s.meter.id,
+            "quantity": "volume_m3",
+            "start": s.timeline.starts[u - p.hours],
+            "end": s.timeline.end_of(u - 1),
+            "value": lowest,
+            "threshold": p.zero_m3h,
+            "baseline": 0.0,
+            "baseline_method": f"the quietest of the last {p.hours} hours against no flow ({p.zero_m3h} m3)",
+        },
         state={"resting": True},
         **common,
     )
@@ -256,8 +281,47 @@ def balance(s: MeterSeries, ctx: WindowContext, p: BalanceParams, state: dict) -
             since=s.timeline.starts[u - p.hours],
             waste_per_day=per_day,
             state={"baseline": base},
+            evidence={
+                "meter": s.meter.id,
+                "quantity": "volume_m3",
+                "start": s.timeline.starts[u - p.hours],
+                "end": s.timeline.end_of(u - 1),
+                "value": loss_share,
+                "threshold": base + p.tolerance,
+                "baseline": base,
+                "baseline_method": (
+                    f"median unmetered share of the last {p.baseline_days} days"
+                    if p.learn_baseline
+                    else "none"
+                ),
+                "sub_meters": [k.meter.id for k in kids],
+            },
             **common,
         )
     if excess_share <= p.tolerance * p.clear_ratio or per_day <= p.min_m3_day * p.clear_ratio:
         return Finding("leak.balance", subject, Level.OK, ctx.now, state={}, **common)
     return Finding("leak.balance", subject, Level.HOLD, ctx.now, **common)
+
+
+class AfterHoursWaterParams(EmptyHoursParams):
+    """Water left running while the building is closed: taps, hoses, a canteen washing line."""
+
+    hours: int = Field(default=3, ge=1, description="consecutive empty hours above the usual before it fires")
+    ratio: float = Field(default=2.0, gt=1)
+    min_excess_m3h: float = Field(
+        default=0.1, ge=0, description="and at least this much above the usual (100 L/h: one tap half open)"
+    )
+
+    @property
+    def min_excess(self) -> float:
+        return self.min_excess_m3h
+
+
+WATER_UNITS = Units("after_hours.water", "volume_m3", "m3/h", "m3", whole_stretch=True)
+
+
+def after_hours_water(
+    s: MeterSeries, ctx: WindowContext, p: AfterHoursWaterParams, state: dict
+) -> Finding | None:
+    """Water used in the building's empty hours against its own empty-hour use (same engine as electricity)."""
+    return judge_after_hours(s, ctx, p, state, WATER_UNITS)
