@@ -340,10 +340,14 @@ def stuck(s: MeterSeries, ctx: WindowContext, p: StuckParams, state: dict) -> Fi
         "threshold": base,
     }
     common = dict(value=float(run), unit="h", meter=s.meter.id, threshold=float(base))
+
+    def found(level: Level, **extra: object) -> Finding:
+        return Finding("data.stuck", subject, level, ctx.now, evidence=evidence, **common, **extra)
+
     if run == 0:
-        return Finding("data.stuck", subject, Level.OK, ctx.now, evidence=evidence, **common)
+        return found(Level.OK)
     if run < base:
-        return Finding("data.stuck", subject, Level.HOLD, ctx.now, evidence=evidence, **common)
+        return found(Level.HOLD)
     hours = range(start, u)
     rates = [s.rate[i] for i in hours if s.rate[i] is not None]
     detail: dict = {"unchanged_hours": run}
@@ -359,22 +363,13 @@ def stuck(s: MeterSeries, ctx: WindowContext, p: StuckParams, state: dict) -> Fi
             }
         )
         if moving >= min(p.min_active_hours, run):
-            return Finding(
-                "data.stuck",
-                subject,
-                Level.FIRING,
-                ctx.now,
-                since=tl.starts[start],
-                detail=detail,
-                evidence=evidence,
-                **common,
-            )
+            return found(Level.FIRING, since=tl.starts[start], detail=detail)
         level = Level.OK if moving == 0 else Level.HOLD
-        return Finding("data.stuck", subject, level, ctx.now, detail=detail, evidence=evidence, **common)
+        return found(level, detail=detail)
     history = sum(1 for i in range(max(0, start - 24 * p.history_days), start) if s.known[i])
     if history < 24 * p.min_history_days:
         detail["why"] = "too little history"
-        return Finding("data.stuck", subject, Level.HOLD, ctx.now, detail=detail, evidence=evidence, **common)
+        return found(Level.HOLD, detail=detail)
     usual = [usually_used(s, i, start, p) for i in hours]
     active = sum(1 for x in usual if x)
     detail.update({"evidence": "pattern", "usual_use_hours": active})
@@ -389,17 +384,8 @@ def stuck(s: MeterSeries, ctx: WindowContext, p: StuckParams, state: dict) -> Fi
         }
     )
     if active >= p.min_active_hours:
-        return Finding(
-            "data.stuck",
-            subject,
-            Level.FIRING,
-            ctx.now,
-            since=tl.starts[start],
-            detail=detail,
-            evidence=evidence,
-            **common,
-        )
-    return Finding("data.stuck", subject, Level.HOLD, ctx.now, detail=detail, evidence=evidence, **common)
+        return found(Level.FIRING, since=tl.starts[start], detail=detail)
+    return found(Level.HOLD, detail=detail)
 
 
 class BackwardsParams(Params):
