@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -154,28 +154,24 @@ DEFAULT_ALIASES: dict[str, dict[str, str]] = {
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """What a valid reading looks like; ``meter_kind`` returns None for an unknown meter.
+    """What a valid reading looks like.
 
-    ``meters`` (when given) is the registry with plausibility limits and takes precedence over
-    ``meter_kind``. ``gateways`` None means gateway ids are not checked.
+    ``meters`` is the registry with plausibility limits (empty: no meter is known);
+    ``gateways`` None means gateway ids are not checked.
     """
 
-    meter_kind: Callable[[str], str | None] = lambda _m: None
     strict: bool = False
     max_future_s: int = 300
     min_ts: int = 946684800
     max_payload_bytes: int = 256 * 1024
-    meters: Mapping[str, MeterRule] | None = None
+    meters: Mapping[str, MeterRule] = field(default_factory=dict)
     gateways: frozenset[str] | None = None
     aliases: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: DEFAULT_ALIASES)
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=lambda: DEFAULT_RANGES)
     max_records: int = 10_000
 
     def rule(self, meter: str) -> MeterRule | None:
-        if self.meters is not None:
-            return self.meters.get(meter)
-        kind = self.meter_kind(meter)
-        return None if kind is None else MeterRule(kind)
+        return self.meters.get(meter)
 
 
 class _Reject(Exception):
@@ -226,14 +222,6 @@ def ignored_topic(topic: str | None) -> bool:
         and "/".join(parts[:3]) == TOPIC_ROOT + "/gateways"
         and parts[4] in _IGNORED_GATEWAY_TOPICS
     )
-
-
-def topic_meter(topic: str | None) -> str | None:
-    """The meter a per-meter topic names, '' for a gateway topic, None for anything else."""
-    tp = topic_parts(topic)
-    if tp is None:
-        return None
-    return tp[1] if tp[0] == "meters" else ""
 
 
 def parse_payload(

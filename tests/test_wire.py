@@ -10,11 +10,12 @@ import pytest
 from campusmon.config import parse_config
 from campusmon.ingest import rules_from
 from campusmon.reading import Reading
-from campusmon.wire import GATEWAY_TOPIC, METER_TOPIC, REASONS, Rules, encode_senml, parse_payload
+from campusmon.wire import GATEWAY_TOPIC, METER_TOPIC, REASONS, MeterRule, Rules, encode_senml, parse_payload
 from tests.malformed import NOW, Case, corpus, registry
 
 KINDS = {"e-dorm-1": "electricity", "w-dorm-1": "water"}
-RULES = Rules(meter_kind=KINDS.get, strict=True)
+REGISTRY = {m: MeterRule(k) for m, k in KINDS.items()}
+RULES = Rules(meters=REGISTRY, strict=True)
 GW = GATEWAY_TOPIC.format(gateway_id="gw-1")
 
 
@@ -110,13 +111,13 @@ def test_valid_records_survive_bad_neighbours_in_one_message() -> None:
 
 
 def test_unknown_meters_pass_when_registry_is_not_strict() -> None:
-    lax = Rules(meter_kind=KINDS.get, strict=False)
+    lax = Rules(meters=REGISTRY, strict=False)
     res = parse_payload(json.dumps({"meter": "new-meter", "ts": NOW, "power_w": 3}), None, lax, NOW)
     assert res.readings == [Reading("new-meter", "power_w", 3.0, NOW)]
 
 
 def test_oversized_payload_is_refused_before_parsing() -> None:
-    small = Rules(meter_kind=KINDS.get, max_payload_bytes=100)
+    small = Rules(meters=REGISTRY, max_payload_bytes=100)
     res = parse_payload(b"[" + b" " * 200 + b"]", None, small, NOW)
     assert [r.reason for r in res.rejections] == ["too_large"]
 
