@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := mosquitto influxdb victoria-metrics postgresql python3-venv
+APT_PACKAGES := mosquitto influxdb victoria-metrics postgresql python3-venv chromium fonts-noto-cjk systemd
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test deps venv lint bench soak clean services-up services-down
@@ -18,6 +18,8 @@ test: deps venv ## Lint, then the whole suite against real Mosquitto and InfluxD
 deps: ## Debian packages for the local servers (apt-get update first: fresh package lists are empty)
 	@missing=""; for p in mosquitto influxd victoria-metrics; do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing=1; done; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing=1; \
+	command -v chromium >/dev/null || missing=1; command -v systemd-analyze >/dev/null || missing=1; \
+	fc-list 2>/dev/null | grep -qi 'Noto Sans CJK' || missing=1; \
 	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
