@@ -28,7 +28,7 @@ from campusmon.metrics import declare as declare_series
 
 log = logging.getLogger(__name__)
 
-OPTIONAL_ROUTERS = ("api.accounting.routes", "api.alerts.routes")
+OPTIONAL_ROUTERS = ("api.accounting.routes", "api.accounting.assessment_routes", "api.alerts.routes")
 
 
 def _error(status: int, message: Any, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -36,6 +36,8 @@ def _error(status: int, message: Any, headers: dict[str, str] | None = None) -> 
 
 
 def create_app(cfg: CampusConfig, start_jobs: bool = True) -> FastAPI:
+    """The API; ``start_jobs=False`` never runs scheduled jobs, True leaves it to ``api.run_jobs``."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
@@ -52,6 +54,9 @@ def create_app(cfg: CampusConfig, start_jobs: bool = True) -> FastAPI:
         yield
         if jobs is not None:
             jobs.shutdown(wait=False)
+        alerts = getattr(app.state, "alerts", None)
+        if alerts is not None:
+            alerts.bus.close()  # the SSE feed's reader thread and its LISTEN connection
         app.state.store.close()
 
     app = FastAPI(
@@ -59,6 +64,8 @@ def create_app(cfg: CampusConfig, start_jobs: bool = True) -> FastAPI:
         version="0.1.0",
         description="Meter readings, consumption against energy-saving targets, and waste alerts.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from api.console.docs, with vendored assets (no CDN)
+        redoc_url=None,
     )
     app.state.cfg = cfg
     # /metrics is per process: the API's own ingest path only; the collector serves via="mqtt" itself.
@@ -84,6 +91,9 @@ def create_app(cfg: CampusConfig, start_jobs: bool = True) -> FastAPI:
         except ModuleNotFoundError as e:
             if e.name != mod:
                 raise
+    from api.console import install_console
+
+    install_console(app)  # after the other routers: it wraps their error handler for console pages
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -34,6 +34,14 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(certs_app, name="certs")
 app.add_typer(collector_app, name="collector")
 app.add_typer(config_app, name="config")
+from campusmon.bridge_cli import bridge_app  # noqa: E402  (its commands import lazily)
+
+app.add_typer(bridge_app, name="bridge")
+from campusmon.db_cli import backup_cmd, db_app, restore_cmd  # noqa: E402
+
+app.add_typer(db_app, name="db")
+app.command("backup")(backup_cmd)
+app.command("restore")(restore_cmd)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="campus.yaml (env CAMPUSMON_CONFIG)")]
 
@@ -344,7 +352,7 @@ def _reload_note(srv: object) -> None:
 @devices_app.command("add")
 def devices_add(
     name: Annotated[str, typer.Argument(help="user name; for a meter its meter id, for a gateway its id")],
-    kind: Annotated[str, typer.Option(help="meter, gateway, collector, api or monitor")] = "meter",
+    kind: Annotated[str, typer.Option(help="meter, gateway, collector, api, monitor or bridge")] = "meter",
     meters: Annotated[
         str | None, typer.Option(help="comma-separated meter ids a head-end relays (kind meter)")
     ] = None,
@@ -501,6 +509,13 @@ def _mount_optional() -> None:
     app.add_typer(alerts_app, name="alerts")
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")
+    from api.accounting.assessment_cli import fuel_app, readings_app  # also adds report annual|allocation
+
+    app.add_typer(fuel_app, name="fuel")
+    app.add_typer(readings_app, name="readings")
+    from campusmon.worker_cli import worker
+
+    app.command("worker")(worker)
 
 
 _mount_optional()

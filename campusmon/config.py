@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from campusmon.quantities import MeterKind
+from campusmon.quantities import MeterKind, kind_of_category
+from campusmon.units import OrgUnit, check_units
 
 ENV_PREFIX = "CAMPUSMON_"
 DEFAULT_CONFIG = "campus.yaml"
@@ -70,7 +71,7 @@ class Meter(_Model):
     parent: str | None = None
     room: str | None = None
     # Register limits for the consumption policy: the value at which a cumulative register wraps,
-    # and the largest credible rate (W for electricity, m3/h for water).
+    # and the largest credible rate (W for electricity and heat, m3/h for water and gas).
     rollover: float | None = Field(default=None, gt=0)
     max_rate: float | None = Field(default=None, gt=0)
     rated_current_a: float | None = Field(default=None, gt=0)
@@ -82,10 +83,8 @@ class Meter(_Model):
 
     @model_validator(mode="after")
     def _category_fits_kind(self) -> Meter:
-        if self.category:
-            water = self.category.startswith("02")
-            if water != (self.kind is MeterKind.WATER):
-                raise ValueError(f"category {self.category} does not fit a {self.kind.value} meter")
+        if self.category and kind_of_category(self.category) is not self.kind:
+            raise ValueError(f"category {self.category} does not fit a {self.kind.value} meter")
         return self
 
 
@@ -139,6 +138,24 @@ class Influx(_Model):
     max_body_bytes: int = Field(
         default=5_000_000, gt=0, description="largest write request; bigger batches go as several"
     )
+    # Raw readings are kept this long (InfluxDB duration, "INF" for ever); hourly rollups for ever
+    # in their own retention policy (v1) or bucket (v2). Applied by the rollup maintainer (docs/rollups.md).
+    raw_retention: str = Field(default="104w", pattern=r"^(INF|[0-9]+[hdw])$")
+    rollup_retention_policy: str = Field(default="forever", min_length=1)
+    rollup_bucket: str | None = Field(default=None, description="v2: bucket of the rollups; default bucket")
+    # InfluxDB 1.x's backup/restore service (its top-level `bind-address`), used by `campusmon backup`.
+    rpc_address: str = Field(default="127.0.0.1:8088", pattern=r"^[^\s:]+:[0-9]{1,5}$")
+
+
+class Rollups(_Model):
+    """Hourly consumption rollups (docs/rollups.md)."""
+
+    enabled: bool = Field(default=True, description="readers use rollups where they are up to date")
+    context_s: int = Field(default=6 * 3600, ge=0, description="readings re-read before a late one")
+    recheck_s: int = Field(
+        default=3600, ge=60, description="a meter without new-data marks is re-read this often"
+    )
+    batch_meters: int = Field(default=1000, ge=1, le=100_000, description="meters per InfluxDB request")
 
 
 class Database(_Model):
@@ -148,6 +165,36 @@ class Database(_Model):
 class Api(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    run_jobs: bool | Literal["auto"] = Field(
+        default="auto",
+        description="run the scheduled jobs (window rules, rollups, notifications) in the API process; "
+        "auto: yes on SQLite, no on PostgreSQL where `campusmon worker` runs them (docs/deployment.md)",
+    )
+    sse_poll_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=60,
+        description="how often the SSE feed looks for events it was not told of; "
+        "default 0.5 s on SQLite, 5 s on PostgreSQL (LISTEN/NOTIFY wakes it at once)",
+    )
+
+
+class Worker(_Model):
+    """The ``campusmon worker`` role: scheduled jobs, coordinated through PostgreSQL leases."""
+
+    id: str | None = Field(default=None, max_length=100, description="default <hostname>-<pid>")
+    lease_ttl_s: float = Field(
+        default=30.0, ge=1, le=3600, description="a dead worker's jobs are taken over within ttl + renew"
+    )
+    renew_s: float | None = Field(default=None, gt=0, description="default lease_ttl_s / 3")
+    rollup_interval_s: float = Field(default=300.0, ge=1, description="how often hourly rollups run")
+    rollup_shards: int = Field(default=4, ge=1, le=256, description="meter groups leased separately")
+
+    @model_validator(mode="after")
+    def _renew_below_ttl(self) -> Worker:
+        if self.renew_s is not None and self.renew_s >= self.lease_ttl_s:
+            raise ValueError(f"renew_s ({self.renew_s}) must be below lease_ttl_s ({self.lease_ttl_s})")
+        return self
 
 
 class Auth(_Model):
@@ -243,6 +290,14 @@ class Collector(_Model):
     counts_log_s: float = Field(default=60.0, gt=0, description="how often the counts line is logged")
 
 
+class Console(_Model):
+    """The staff web console (docs/console.md)."""
+
+    default_language: Literal["zh", "en"] = Field(
+        default="zh", description="language of the console until a user picks one"
+    )
+
+
 class CampusConfig(_Model):
     site: Site = Site()
     buildings: list[Building] = []
@@ -257,10 +312,17 @@ class CampusConfig(_Model):
     ingest: Ingest = Ingest()
     services: Services = Services()
     collector: Collector = Collector()
+    rollups: Rollups = Rollups()
+    console: Console = Console()
+    worker: Worker = Worker()
     # Sections owned by later capabilities are validated by their own modules.
     accounting: dict[str, Any] = {}
     alerts: dict[str, Any] = {}
     targets: list[dict[str, Any]] = []  # quotas under version control, loaded by api.alerts.targets_config
+    # Organisational units, kgce/CO2 factors and the annual assessment (docs/assessment.md).
+    units: list[OrgUnit] = []
+    energy_factors: dict[str, Any] = {}
+    assessment: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _references(self) -> CampusConfig:
@@ -298,6 +360,20 @@ class CampusConfig(_Model):
                 if p.kind != m.kind:
                     raise ValueError(f"meters[{i}] ({m.id}): parent {m.parent!r} is a {p.kind.value} meter")
         return self
+
+    @model_validator(mode="after")
+    def _units_and_factors(self) -> CampusConfig:
+        from campusmon.factors import parse_energy_factors
+
+        check_units(self.units, {b.id: b for b in self.buildings}, {m.id: m for m in self.meters})
+        try:
+            parse_energy_factors(self.energy_factors)
+        except ValueError as e:
+            raise ValueError(f"energy_factors: {e}") from None
+        return self
+
+    def unit(self, unit_id: str) -> OrgUnit | None:
+        return next((u for u in self.units if u.id == unit_id), None)
 
     @model_validator(mode="after")
     def _services_follow_clients(self) -> CampusConfig:

@@ -169,6 +169,7 @@ def run_demo(config: Path, hours: int, interval: int, data_dir: Path = DEMO_DIR)
         _wait_for_data(api, m, stop, headers={"Authorization": f"Bearer {logins['operator token']}"})
         typer.echo(f"""
 Campus energy monitor demo is running ({len(cfg.buildings)} buildings, {len(cfg.meters)} meters).
+  staff console     {api}/console/   (log in as demo-operator or demo-admin, below)
   API docs          {api}/docs
   meters            {api}/api/v1/meters
   readings          {api}/api/v1/meters/{m}/readings?every=1h
@@ -287,9 +288,9 @@ def demo_logins(cfg: CampusConfig) -> dict[str, str]:
 
 
 def logins_text(logins: dict[str, str], api: str) -> str:
-    lines = ["API logins (every route but /healthz needs one; these change every run):"]
+    lines = ["Logins for the console and the API (every route but /healthz needs one; these change every run):"]
     for name, role in DEMO_LOGINS:
-        lines.append(f"  {role:<17} user {name}  password {logins[name]}  (POST {api}/api/v1/auth/login)")
+        lines.append(f"  {role:<17} user {name}  password {logins[name]}  ({api}/console/login)")
     lines.append(f"  operator token    {logins['operator token']}")
     lines.append(f"  try: curl -H 'Authorization: Bearer {logins['operator token']}' {api}/api/v1/alerts")
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from pathlib import Path
 from campusmon.wire import TOPIC_ROOT
 
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-KINDS = ("meter", "gateway", "collector", "api", "monitor")
+KINDS = ("meter", "gateway", "collector", "api", "monitor", "bridge")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -44,6 +44,8 @@ def acl_rules(kind: str, name: str, meters: list[str]) -> list[str]:
         return [
             f"topic read {TOPIC_ROOT}/meters/#",
             f"topic read {TOPIC_ROOT}/gateways/#",
+            f"topic read +/{TOPIC_ROOT}/meters/#",  # forwarded by campus bridges (campusmon/bridge.py)
+            f"topic read +/{TOPIC_ROOT}/gateways/#",
             f"topic readwrite {TOPIC_ROOT}/collectors/{name}/#",
         ]
     if kind == "api":
@@ -54,6 +56,8 @@ def acl_rules(kind: str, name: str, meters: list[str]) -> list[str]:
             f"topic read {TOPIC_ROOT}/gateways/+/health",
             f"topic read {TOPIC_ROOT}/alerts/#",
         ]
+    if kind == "bridge":  # a campus broker's bridge, named after its campus: only under its prefix
+        return [f"topic write {name}/{TOPIC_ROOT}/meters/#", f"topic write {name}/{TOPIC_ROOT}/gateways/#"]
     raise DeviceError(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
 
 

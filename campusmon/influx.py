@@ -104,6 +104,7 @@ class InfluxStore(Protocol):
     ) -> list[dict[str, Any]]: ...
     def ping(self) -> bool: ...
     def ensure_database(self) -> None: ...
+    def write_derived(self, lines: Sequence[str], target: str | None = None) -> int: ...
     def close(self) -> None: ...
 
 
@@ -216,7 +217,7 @@ class _LineWriter(_InfluxQL):
     path = "/write"
     tags: TagLookup
 
-    def write_params(self) -> dict[str, str]:
+    def write_params(self, target: str | None = None) -> dict[str, str]:
         raise NotImplementedError
 
     def write(self, readings: Sequence[Reading]) -> WriteOutcome:
@@ -274,6 +275,19 @@ class _LineWriter(_InfluxQL):
         self._send(lines, readings, lo, mid, params, out)
         self._send(lines, readings, mid, hi, params, out)
 
+    def write_derived(self, lines: Sequence[str], target: str | None = None) -> int:
+        """Lines the system derived itself (hourly rollups), into another retention policy (v1) or
+        bucket (v2). Nothing here is a reading to dead-letter, so any refusal raises QueryError."""
+        params = self.write_params(target)
+        for lo, hi in _chunks(lines, self.cfg.max_body_bytes):
+            status, text = self._post("\n".join(lines[lo:hi]).encode(), params)
+            if status in (200, 204):
+                continue
+            if status in (400, 413, 422):
+                raise QueryError(f"influxdb refused derived lines (HTTP {status}): {text[:300]}")
+            raise StoreUnavailable(f"influxdb write: HTTP {status}: {text[:200]}")
+        return len(lines)
+
     def _post(self, body: bytes, params: dict[str, str]) -> tuple[int, str]:
         """One write request: (HTTP status, the server's error text); StoreUnavailable if unanswered."""
         try:
@@ -307,10 +321,10 @@ class V1Store(_LineWriter):
         if self.cfg.create_database:
             self.query(f'CREATE DATABASE "{self.cfg.database}"')
 
-    def write_params(self) -> dict[str, str]:
+    def write_params(self, target: str | None = None) -> dict[str, str]:
         params = {"db": self.cfg.database, "precision": "s"}
-        if self.cfg.retention_policy:
-            params["rp"] = self.cfg.retention_policy
+        if target or self.cfg.retention_policy:
+            params["rp"] = target or self.cfg.retention_policy
         return params
 
 
@@ -334,8 +348,8 @@ class V2Store(_LineWriter):
         )
         self.write_api = self.client.write_api(write_options=SYNCHRONOUS)
 
-    def write_params(self) -> dict[str, str]:
-        return {}
+    def write_params(self, target: str | None = None) -> dict[str, str]:
+        return {"bucket": target} if target else {}
 
     def _post(self, body: bytes, params: dict[str, str]) -> tuple[int, str]:
         from influxdb_client import WritePrecision
@@ -343,7 +357,8 @@ class V2Store(_LineWriter):
         from urllib3.exceptions import HTTPError as Urllib3Error
 
         try:
-            self.write_api.write(self.cfg.bucket, self.cfg.org, body, write_precision=WritePrecision.S)
+            bucket = params.get("bucket", self.cfg.bucket)
+            self.write_api.write(bucket, self.cfg.org, body, write_precision=WritePrecision.S)
         except ApiException as e:
             text = e.body.decode(errors="replace") if isinstance(e.body, bytes) else str(e.body or e.reason)
             try:

@@ -202,8 +202,11 @@ class Mosquitto(Server):
         tls_host: str = "127.0.0.1",
         certs_dir: Path | None = None,
         require_certificate: bool = False,
+        include_dir: Path | None = None,
     ) -> None:
         super().__init__("mosquitto", Path(data_dir).resolve(), port, MOSQUITTO_BIN)
+        # Extra *.conf files read last, as Debian's /etc/mosquitto/conf.d: a campus bridge lives there.
+        self.include_dir = Path(include_dir).resolve() if include_dir else None
         self.anonymous = anonymous
         self.tls_port = tls_port
         self.tls_host = tls_host
@@ -282,6 +285,7 @@ class Mosquitto(Server):
                     f"listener {self.port} 127.0.0.1",
                     *self._listener_lines(),
                     *self._tls_lines(),
+                    *([f"include_dir {self.include_dir}"] if self.include_dir else []),
                     "",
                 ]
             )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from campusmon.quantities import CUMULATIVE, QUANTITIES, UnitError, convert
+from campusmon.quantities import CUMULATIVE, QUANTITIES, RATE, UnitError, convert
 from campusmon.reading import Reading
 
 if TYPE_CHECKING:
@@ -29,7 +29,14 @@ GATEWAY_STATUS_TOPIC = TOPIC_ROOT + "/gateways/{gateway_id}/status"
 COLLECTOR_STATUS_TOPIC = TOPIC_ROOT + "/collectors/{client_id}/status"
 # The collector reads both whole subtrees, so a device publishing on a wrong subtopic there gets a
 # visible refusal (bad_topic) instead of silence; gateway status and health are read and ignored.
-READING_SUBSCRIPTIONS = (TOPIC_ROOT + "/meters/#", TOPIC_ROOT + "/gateways/#")
+# The same subtrees under a campus prefix are what campus brokers forward over a bridge
+# ("east/campus/v1/meters/X/readings", campusmon/bridge.py); they parse like the local ones.
+READING_SUBSCRIPTIONS = (
+    TOPIC_ROOT + "/meters/#",
+    TOPIC_ROOT + "/gateways/#",
+    "+/" + TOPIC_ROOT + "/meters/#",
+    "+/" + TOPIC_ROOT + "/gateways/#",
+)
 _IGNORED_GATEWAY_TOPICS = ("status", "health")
 URN_PREFIX = "urn:campus:meter:"
 
@@ -109,7 +116,7 @@ class MeterRule:
     """What the registry says about one meter, for the plausibility checks."""
 
     kind: str
-    max_rate: float | None = None  # W for electricity, m3/h for water (docs/consumption.md)
+    max_rate: float | None = None  # in the unit of its kind's RATE quantity (docs/consumption.md)
     rated_current_a: float | None = None
     rollover: float | None = None
     gateway: str | None = None  # the gateway that may carry this meter's readings
@@ -126,7 +133,19 @@ DEFAULT_RANGES: dict[str, tuple[float, float]] = {
     "power_factor": (-1.0, 1.0),
     "frequency_hz": (40.0, 70.0),
     "flow_m3h": (0.0, 10_000.0),
+    "gas_volume_m3": (0.0, 1e12),
+    "gas_volume_uncorrected_m3": (0.0, 1e12),
+    "gas_flow_m3h": (0.0, 100_000.0),
+    "gas_pressure_kpa": (0.0, 10_000.0),
+    "gas_temp_c": (-50.0, 100.0),
+    "heat_energy_kwh": (0.0, 1e12),
+    "heat_volume_m3": (0.0, 1e12),
+    "heat_power_w": (0.0, 1e9),
+    "heat_flow_m3h": (0.0, 10_000.0),
+    "supply_temp_c": (-40.0, 200.0),
+    "return_temp_c": (-40.0, 200.0),
 }
+_RATES = frozenset(RATE.values())  # the quantities a meter's max_rate bounds
 RATED_CURRENT_FACTOR = 20.0  # a current above 20x the rated (basic) current is a fault, not a load
 
 
@@ -149,6 +168,16 @@ DEFAULT_ALIASES: dict[str, dict[str, str]] = {
     "power_factor": {"/": "power_factor"},
     "volume": {"m3": "volume_m3", "l": "volume_m3", "L": "volume_m3"},
     "flow": {"m3/s": "flow_m3h", "m3/h": "flow_m3h", "l/s": "flow_m3h", "l/min": "flow_m3h"},
+    "gas_volume": {"m3": "gas_volume_m3", "l": "gas_volume_m3", "L": "gas_volume_m3"},
+    "gas_flow": {u: "gas_flow_m3h" for u in ("m3/s", "m3/h", "l/s", "l/min")},
+    "gas_pressure": {u: "gas_pressure_kpa" for u in ("Pa", "hPa", "kPa", "MPa", "bar", "mbar")},
+    "gas_temp": {"Cel": "gas_temp_c"},
+    "heat_energy": {u: "heat_energy_kwh" for u in ("kWh", "Wh", "MWh", "J", "kJ", "MJ", "GJ")},
+    "heat_power": {"W": "heat_power_w", "kW": "heat_power_w", "MW": "heat_power_w"},
+    "heat_flow": {u: "heat_flow_m3h" for u in ("m3/s", "m3/h", "l/s", "l/min")},
+    "heat_volume": {"m3": "heat_volume_m3", "l": "heat_volume_m3", "L": "heat_volume_m3"},
+    "supply_temp": {"Cel": "supply_temp_c"},
+    "return_temp": {"Cel": "return_temp_c"},
 }
 
 
@@ -201,11 +230,20 @@ def full_id(value: str) -> bool:
     return _ID_RE.fullmatch(value) is not None
 
 
+def _unbridged(topic: str) -> list[str]:
+    """The topic's levels without a bridge's campus prefix (``east/campus/v1/…`` → ``campus/v1/…``)."""
+    parts = topic.split("/")
+    if len(parts) > 3 and "/".join(parts[:2]) != TOPIC_ROOT and "/".join(parts[1:3]) == TOPIC_ROOT:
+        if full_id(parts[0]):
+            return parts[1:]
+    return parts
+
+
 def topic_parts(topic: str | None) -> tuple[str, str] | None:
     """("meters", id) or ("gateways", id) for a readings topic, ("http", "") for none, else None."""
     if topic is None:
         return ("http", "")
-    parts = topic.split("/")
+    parts = _unbridged(topic)
     if len(parts) == 5 and "/".join(parts[:2]) == TOPIC_ROOT and parts[4] == "readings":
         if parts[2] in ("meters", "gateways"):
             return (parts[2], parts[3])
@@ -216,7 +254,7 @@ def ignored_topic(topic: str | None) -> bool:
     """Topics the collector reads but that carry no readings by design (gateway status and health)."""
     if topic is None:
         return False
-    parts = topic.split("/")
+    parts = _unbridged(topic)
     return (
         len(parts) == 5
         and "/".join(parts[:3]) == TOPIC_ROOT + "/gateways"
@@ -508,7 +546,7 @@ def _plausible(name: str, v: float, rule: MeterRule | None, rules: Rules) -> Non
     lo, hi = rules.ranges.get(base, (-math.inf, math.inf))
     source = "the plausible range"
     if rule is not None:
-        if rule.max_rate is not None and base in ("power_w", "flow_m3h"):
+        if rule.max_rate is not None and base in _RATES:
             lo, hi, source = max(lo, -rule.max_rate), min(hi, rule.max_rate), "the meter's max_rate"
         if rule.rated_current_a is not None and base == "current_a":
             lim = rule.rated_current_a * RATED_CURRENT_FACTOR

@@ -15,12 +15,12 @@ from datetime import date, datetime, time
 
 from campusmon.config import CampusConfig
 from campusmon.influx import InfluxStore
-from campusmon.quantities import MeterKind
+from campusmon.quantities import RATE, REGISTER, MeterKind
 from campusmon.reading import Reading
 from firmware_sim.profiles import SimMeter, sim_meters_for
 
 # Registers truncate to their last digit: 0.01 kWh, 1 litre.
-REGISTER_STEP = {MeterKind.ELECTRICITY: 0.01, MeterKind.WATER: 0.001}
+REGISTER_STEP = {MeterKind.ELECTRICITY: 0.01, MeterKind.WATER: 0.001, MeterKind.GAS: 0.001, MeterKind.HEAT: 0.01}
 
 
 @dataclass
@@ -133,9 +133,7 @@ def simulate_month(
                 spikes.pop()
                 shown = shown * 1000 + 12345.0
                 injected.append(f"{meter.id}: spike at {t}")
-            qty, rate_q = (
-                ("energy_kwh", "power_w") if kind is MeterKind.ELECTRICITY else ("volume_m3", "flow_m3h")
-            )
+            qty, rate_q = REGISTER[kind], RATE[kind]
             out.append(Reading(meter.id, qty, shown, t))
             out.append(Reading(meter.id, rate_q, round(sm.rate, 4), t))
         truth[meter.id] = marked[meter.id][end] - marked[meter.id][start]

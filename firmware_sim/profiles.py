@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from campusmon.quantities import MeterKind
+from campusmon.quantities import QUANTITIES, RATE, REGISTER, MeterKind
 from campusmon.reading import Reading
 
 # Hourly shape (0..1 of peak) for a weekday, by building type. Dorms peak in the evening,
@@ -34,6 +34,13 @@ _WATER_SHAPE: dict[str, list[float]] = {
 }
 # Teaching, office and lab buildings use no water at night: a non-zero night flow there is a leak.
 _WATER_DEFAULT = [0.0] * 6 + [0.05, 0.35, 0.80, 0.90, 0.85, 0.80, 0.60, 0.70, 0.85, 0.85, 0.70, 0.40, 0.20, 0.10, 0.05, 0.02, 0.00, 0.00]
+# Gas: canteens cook at meals; elsewhere a boiler or water heater follows the day with a pilot base.
+_GAS_SHAPE: dict[str, list[float]] = {
+    "canteen": [0.02, 0.02, 0.02, 0.02, 0.05, 0.40, 0.95, 1.00, 0.45, 0.20, 0.55, 1.00, 0.95, 0.35, 0.10, 0.15, 0.60, 1.00, 0.90, 0.35, 0.10, 0.05, 0.02, 0.02],
+}
+_GAS_DEFAULT = [0.05] * 6 + [0.50, 0.80, 0.60, 0.40, 0.35, 0.35, 0.30, 0.30, 0.30, 0.35, 0.45, 0.70, 0.80, 0.60, 0.40, 0.20, 0.10, 0.05]
+# District heat: weather-compensated heating runs all day, hardest before dawn, least mid-afternoon.
+_HEAT_DEFAULT = [0.95, 0.98, 1.00, 1.00, 1.00, 0.98, 0.95, 0.90, 0.80, 0.72, 0.66, 0.62, 0.60, 0.58, 0.58, 0.60, 0.65, 0.72, 0.80, 0.85, 0.88, 0.90, 0.92, 0.94]
 # fmt: on
 
 # Weekend factor of the working day's load, by type.
@@ -63,16 +70,23 @@ _PEAK_W_PER_M2 = {
 }
 
 
+HEAT_PEAK_W_PER_M2 = 50.0
+_RATE_IN_W = {k: QUANTITIES[q].unit == "W" for k, q in RATE.items()}  # kWh registers: rate / 1000
+
 ROOM_PEAK_W = 450.0  # lights, laptops and a fan in a 4-bed dorm room; a kettle is 1,500-2,200 W
 
 
 def shape(kind: MeterKind | str, building_type: str, local: datetime) -> float:
     """Fraction of peak at a local time; hours interpolate so steps do not look like artefacts."""
-    table = (
-        _ELEC_SHAPE.get(building_type, _ELEC_SHAPE["other"])
-        if MeterKind(kind) is MeterKind.ELECTRICITY
-        else _WATER_SHAPE.get(building_type, _WATER_DEFAULT)
-    )
+    k = MeterKind(kind)
+    if k is MeterKind.ELECTRICITY:
+        table = _ELEC_SHAPE.get(building_type, _ELEC_SHAPE["other"])
+    elif k is MeterKind.GAS:
+        table = _GAS_SHAPE.get(building_type, _GAS_DEFAULT)
+    elif k is MeterKind.HEAT:
+        table = _HEAT_DEFAULT
+    else:
+        table = _WATER_SHAPE.get(building_type, _WATER_DEFAULT)
     h = local.hour + local.minute / 60 + local.second / 3600
     i = int(h) % 24
     frac = h - int(h)
@@ -86,7 +100,7 @@ def shape(kind: MeterKind | str, building_type: str, local: datetime) -> float:
 class SimMeter:
     """A meter with a true cumulative register driven by its building's profile.
 
-    ``peak`` is W for electricity and m3/h for water. ``register`` is the true consumption since
+    ``peak`` is in the kind's rate unit: W for electricity and heat, m3/h for water and gas. ``register`` is the true consumption since
     the simulator started (plus ``start``); faults in what is *sent* are applied by callers.
     """
 
@@ -119,21 +133,21 @@ class SimMeter:
         if self.last_ts is not None and ts > self.last_ts:
             hours = (ts - self.last_ts) / 3600
             mean = (self.rate + new_rate) / 2
-            self.register += mean * hours / (1000.0 if self.kind is MeterKind.ELECTRICITY else 1.0)
+            self.register += mean * hours / (1000.0 if _RATE_IN_W[self.kind] else 1.0)
         self.rate = new_rate
         self.last_ts = ts
 
     def readings(self, ts: int) -> list[Reading]:
         """Advance to ``ts`` and report what the meter shows: the register and the rate."""
         self.advance(ts)
-        if self.kind is MeterKind.ELECTRICITY:
+        if _RATE_IN_W[self.kind]:  # electricity and heat: kWh register, W rate
             return [
-                Reading(self.id, "energy_kwh", round(self.register, 3), ts),
-                Reading(self.id, "power_w", round(self.rate, 1), ts),
+                Reading(self.id, REGISTER[self.kind], round(self.register, 3), ts),
+                Reading(self.id, RATE[self.kind], round(self.rate, 1), ts),
             ]
         return [
-            Reading(self.id, "volume_m3", round(self.register, 4), ts),
-            Reading(self.id, "flow_m3h", round(self.rate, 4), ts),
+            Reading(self.id, REGISTER[self.kind], round(self.register, 4), ts),
+            Reading(self.id, RATE[self.kind], round(self.rate, 4), ts),
         ]
 
 
@@ -143,6 +157,11 @@ def peak_for(
     """A plausible peak for a meter that carries ``share`` of its building."""
     if kind is MeterKind.ELECTRICITY:
         return max(500.0, _PEAK_W_PER_M2.get(building_type, 20.0) * max(floor_area_m2, 200.0) * share)
+    if kind is MeterKind.HEAT:  # heating design loads of north China: some 40-60 W/m2
+        return max(5000.0, HEAT_PEAK_W_PER_M2 * max(floor_area_m2, 200.0) * share)
+    if kind is MeterKind.GAS:  # m3/h of natural gas: a canteen kitchen burns far more than a boiler room
+        per_m2 = 0.02 if building_type == "canteen" else 0.004
+        return max(0.5, per_m2 * max(floor_area_m2, 200.0) * share)
     # ~0.15 m3 per occupant-day spread over the day shape's area (~9 "peak hours").
     per_day = 0.15 * max(occupants, 20) if building_type == "dorm" else 0.01 * max(floor_area_m2, 500) / 10
     return max(0.05, per_day / 9.0 * share)
@@ -177,7 +196,7 @@ def sim_meters_for(cfg: object, seed: int = 0) -> list[SimMeter]:
                 peak_for(m.kind, b.type, b.floor_area_m2, b.occupants, share),
                 tz,
                 seed,
-                start=start if m.kind is MeterKind.ELECTRICITY else start / 10,
+                start=start if _RATE_IN_W[m.kind] else start / 10,
             )
         )
     return out

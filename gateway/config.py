@@ -32,13 +32,14 @@ from campusmon.config import (
     parse_config,
     read_yaml,
 )
-from campusmon.quantities import MeterKind
+from campusmon.quantities import MeterKind, kind_of_category
+from gateway.protocols import cjt188
 
 Protocol = Literal["dlt645", "cjt188", "modbus-rtu"]
 PROTOCOL_KIND: dict[str, MeterKind | None] = {
     "dlt645": MeterKind.ELECTRICITY,
     "cjt188": MeterKind.WATER,
-    "modbus-rtu": None,  # power or water meter: the profile decides, so the file must say
+    "modbus-rtu": None,  # any kind: the profile decides, so the file must say
 }
 _ID = r"^[A-Za-z0-9_.-]{1,64}$"
 
@@ -131,15 +132,28 @@ class MeterEntry(_Model):
 
     @model_validator(mode="after")
     def _kind(self) -> MeterEntry:
+        typed = self._cjt188_kind()
+        if typed is not None and self.kind is not None and self.kind is not typed:
+            raise ValueError(
+                f"{self.id}: CJ/T 188 meter type {self.options.get('meter_type')!r} is a {typed.value} "
+                f"meter, not {self.kind.value}"
+            )
         if self.kind is None:
-            self.kind = PROTOCOL_KIND[self.protocol]
+            self.kind = typed or PROTOCOL_KIND[self.protocol]
             if self.kind is None and self.category:
-                self.kind = MeterKind.WATER if self.category.startswith("02") else MeterKind.ELECTRICITY
+                self.kind = kind_of_category(self.category)
         if self.kind is None:
-            raise ValueError(f"{self.id}: set kind (electricity or water) for a {self.protocol} meter")
+            raise ValueError(f"{self.id}: set kind (electricity, water, gas or heat) for a {self.protocol} meter")
         if self.profile and self.protocol == "dlt645":
             raise ValueError(f"{self.id}: dlt645 meters take no profile; set data identifiers in options.dis")
         return self
+
+    def _cjt188_kind(self) -> MeterKind | None:
+        """The kind a CJ/T 188 meter type measures (10H water, 20H-22H heat, 30H gas)."""
+        if self.protocol != "cjt188" or "meter_type" not in self.options:
+            return None
+        code = cjt188.meter_type_code(self.options["meter_type"])
+        return None if code == cjt188.WILDCARD_TYPE else MeterKind(cjt188.carrier(code))
 
     def driver_options(self) -> dict[str, Any]:
         """``profile`` is the Modbus register map or the CJ/T 188 model, under the name the driver uses."""

@@ -221,10 +221,10 @@ class Tee:
 def influx_readings(store: Any) -> dict[tuple[str, str, int], float]:
     """Every stored value of every quantity, keyed like Reading.key (one query per measurement)."""
     from campusmon.influx import rows
-    from campusmon.quantities import QUANTITIES
+    from campusmon.quantities import QUANTITIES, MeterKind
 
     out: dict[tuple[str, str, int], float] = {}
-    for measurement in ("electricity", "water"):
+    for measurement in (k.value for k in MeterKind):
         for series in store.query(f'SELECT * FROM "{measurement}"'):
             for row in rows(series):
                 for q, v in row.items():

@@ -43,8 +43,8 @@ def test_defaults() -> None:
             "building 'nowhere' is not defined",
         ),
         (
-            {**SMALL_CAMPUS, "meters": [{"id": "m", "building": "dorm-1", "kind": "gas"}]},
-            "campus.yaml: meters[0].kind: Input should be 'electricity' or 'water'",
+            {**SMALL_CAMPUS, "meters": [{"id": "m", "building": "dorm-1", "kind": "steam"}]},
+            "campus.yaml: meters[0].kind: Input should be 'electricity', 'water', 'gas' or 'heat'",
         ),
         (
             {

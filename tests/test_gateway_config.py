@@ -42,7 +42,7 @@ def test_shipped_example_is_valid_and_every_meter_gets_a_driver() -> None:
         ),
         (
             _cfg([{"id": "m1", "protocol": "modbus-rtu", "address": "3", "profile": "eastron_sdm630"}]),
-            "m1: set kind (electricity or water) for a modbus-rtu meter",
+            "m1: set kind (electricity, water, gas or heat) for a modbus-rtu meter",
         ),
         (
             _cfg(

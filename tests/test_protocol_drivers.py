@@ -218,7 +218,14 @@ def test_cjt188_heat_meter_with_unit_first_model() -> None:
     vector = next(v for v in CJT if v["parsed"]["L"] == 46)
     driver = make_driver("cjt188", "h1", "00000040314132", {"meter_type": "heat", "model": "jy-heat"})
     decoded = driver.decode(_only(driver.poll()), bytes.fromhex(vector["hex"]))
-    assert decoded.values == {"volume_m3": 10.34, "flow_m3h": 0.0}
+    assert decoded.values == {
+        "heat_energy_kwh": 20.0,  # 0.02 MWh
+        "heat_power_w": 0.0,
+        "heat_flow_m3h": 0.0,
+        "heat_volume_m3": 10.34,
+        "supply_temp_c": 25.35,
+        "return_temp_c": 25.66,
+    }
 
 
 def test_cjt188_litres_and_wrong_units_and_addresses() -> None:

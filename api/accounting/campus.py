@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from campusmon.config import CampusConfig, Meter
-from campusmon.quantities import MeterKind
+from campusmon.quantities import QUANTITIES, REGISTER, MeterKind, kind_of_category
 
 SUB_ITEMS: dict[str, str] = {
     "01000": "electricity (total)",
@@ -23,12 +23,20 @@ SUB_ITEMS: dict[str, str] = {
     "01C00": "power",
     "01D00": "special",
     "02000": "water",
+    "03000": "gas",
+    "04000": "district heat (heat meters, cooling ones included)",
+    "05000": "district cooling",
 }
 ELECTRICITY_SUB_ITEMS = ("01A00", "01B00", "01C00", "01D00")
-KIND_CODE = {MeterKind.ELECTRICITY: "01000", MeterKind.WATER: "02000"}
-UNITS = {MeterKind.ELECTRICITY: "kWh", MeterKind.WATER: "m3"}
+KIND_CODE = {
+    MeterKind.ELECTRICITY: "01000",
+    MeterKind.WATER: "02000",
+    MeterKind.GAS: "03000",
+    MeterKind.HEAT: "04000",
+}
+UNITS = {k: QUANTITIES[q].unit for k, q in REGISTER.items()}
 CODE_PATTERN = re.compile(r"[0-9]{2}[A-Z0-9]{3}[A-Z0-9]*")  # as campusmon.config.Meter.category
-FIELDS = {MeterKind.ELECTRICITY: "energy_kwh", MeterKind.WATER: "volume_m3"}
+FIELDS = dict(REGISTER)
 
 
 def code_prefix(code: str) -> str:
@@ -46,7 +54,7 @@ def in_category(meter: Meter, code: str) -> bool:
 
 
 def kind_of_code(code: str) -> MeterKind:
-    return MeterKind.WATER if code.startswith("02") else MeterKind.ELECTRICITY
+    return kind_of_category(code)
 
 
 def highest(cfg: CampusConfig, selected: Iterable[Meter]) -> list[Meter]:
@@ -124,11 +132,13 @@ def building_rows(cfg: CampusConfig, building: str) -> list[tuple[str, MeterKind
     """The report rows of a building: totals per metered kind and each electricity sub-item it meters."""
     own = [m for m in cfg.meters if m.building == building]
     rows: list[tuple[str, MeterKind, list[Meter]]] = []
-    for kind in (MeterKind.ELECTRICITY, MeterKind.WATER):
+    for kind in MeterKind:
         of_kind = [m for m in own if m.kind is kind]
         if not of_kind:
             continue  # a building without water meters has no water row, rather than an empty one
         rows.append((KIND_CODE[kind], kind, highest(cfg, of_kind)))
+        if kind is MeterKind.HEAT and any(in_category(m, "05000") for m in of_kind):
+            rows.append(("05000", kind, highest(cfg, [m for m in of_kind if in_category(m, "05000")])))
         if kind is MeterKind.ELECTRICITY:
             for code in ELECTRICITY_SUB_ITEMS:
                 sel = [m for m in of_kind if in_category(m, code)]

@@ -28,7 +28,7 @@ from operator import lt, sub
 from typing import Literal
 
 from campusmon.config import Meter
-from campusmon.quantities import MeterKind
+from campusmon.quantities import QUANTITIES, RATE
 
 EventKind = Literal["rollover", "reset", "level_shift", "quarantined", "conflict", "unconfirmed"]
 
@@ -63,8 +63,8 @@ class Limits:
     @classmethod
     def for_meter(cls, meter: Meter) -> Limits:
         rate = meter.max_rate
-        if rate is not None and meter.kind is MeterKind.ELECTRICITY:
-            rate = rate / 1000.0  # W -> kWh per hour
+        if rate is not None and QUANTITIES[RATE[meter.kind]].unit == "W":
+            rate = rate / 1000.0  # W -> kWh per hour (electricity, heat)
         return cls(meter.rollover, rate)
 
     def allowed(self, dt: int) -> float:

@@ -61,7 +61,7 @@ def statements(
     """The InfluxQL behind every figure: readings around ``[start, end)`` and the nearest ones beyond."""
     out = []
     lo, hi = start - settings.margin_s, end + settings.margin_s
-    for kind in (MeterKind.ELECTRICITY, MeterKind.WATER):
+    for kind in MeterKind:
         ms = [m for m in meters if m.kind is kind]
         if not ms:
             continue
@@ -195,7 +195,7 @@ class Grid:
 
     def cost_per_bucket(self, kind: MeterKind, values: list[float]) -> list[float | None]:
         """Money per bucket; None where some consumption falls in an hour without a price."""
-        prices = self.prices[kind]
+        prices = self.prices.get(kind) or [None] * len(values)  # a carrier without a tariff has no cost
         out: list[float | None] = [0.0] * len(self.buckets)
         if all(p is not None for p in prices):
             for b, c in zip(self.bucket_of_hour, map(mul, values, prices), strict=True):  # type: ignore[arg-type]
@@ -567,11 +567,14 @@ def monthly_report(
         if progress is not None:
             progress(b.id)
     groups = sorted({b.group for b in cfg.buildings if b.group})
+    # Electricity and water rows are always there; other carriers only where the campus meters them.
+    metered = {m.kind for m in cfg.meters} | {MeterKind.ELECTRICITY, MeterKind.WATER}
+    kinds = [k for k in MeterKind if k in metered]
     for g in groups:
-        for kind in MeterKind:
+        for kind in kinds:
             ms = scope_meters(cfg, Scope("group", g), kind)
             rows.append(_row(*common, "group", g, g, "", KIND_CODE[kind], kind, ms))
-    for kind in MeterKind:
+    for kind in kinds:
         ms = scope_meters(cfg, Scope("campus"), kind)
         rows.append(_row(*common, "campus", "", cfg.site.name, "", KIND_CODE[kind], kind, ms))
     ev = events_in(curves, [m.id for m in cfg.meters], bucket.start, bucket.end)

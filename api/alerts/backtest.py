@@ -19,15 +19,16 @@ from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from api.alerts.config import AlertsConfig, alerts_config
+from api.alerts.engine import HourBook, RuleCache
 from api.alerts.evaluate import window_findings
 from api.alerts.instant import InstantRules
 from api.alerts.models import Alert
 from api.alerts.rules import RULES
 from api.alerts.series import Timeline, build_campus
-from api.alerts.source import fetch_instant, fetch_rates, fetch_registers, load_gateway_status, load_quotas
+from api.alerts.source import InfluxSource, ReadingSource, load_gateway_status, load_quotas
 from api.alerts.store import AlertStore, alert_json
-from api.alerts.window import calendar, context_at, expected_from, settle_s
-from campusmon.config import CampusConfig
+from api.alerts.window import calendar, children_of, context_at, expected_from, settle_s
+from campusmon.config import CampusConfig, Meter
 from campusmon.db import Base
 from campusmon.influx import InfluxStore
 from campusmon.reading import Reading
@@ -95,7 +96,7 @@ def check_rules(rules: Iterable[str] | None) -> list[str]:
 
 def backtest(
     cfg: CampusConfig,
-    influx: InfluxStore,
+    influx: InfluxStore | None,
     start: int,
     end: int,
     rules: Iterable[str] | None = None,
@@ -103,13 +104,27 @@ def backtest(
     sessions: sessionmaker | None = None,
     acfg: AlertsConfig | None = None,
     commit: bool = False,
+    full: bool = False,
+    source: ReadingSource | None = None,
 ) -> BacktestResult:
-    """Evaluate ``rules`` over ``[start, end)``; ``sessions`` (the campus DB) provides quotas and takes a commit."""
+    """Evaluate ``rules`` over ``[start, end)``; ``sessions`` (the campus DB) provides quotas and takes a commit.
+
+    The period streams through the incremental engine (``api.alerts.engine``): readings are read a day
+    at a time, in chunks of meters by building, folded into compact hourly series and dropped, so
+    memory holds the hours, not the readings. Every step sees the readings up to a day past it, as
+    the live evaluator sees its settled hours. ``full=True`` is the reference it is tested against:
+    every reading of the period held at once and every rule run at every step. ``source`` reads from
+    elsewhere than ``influx`` (any ``ReadingSource``).
+    """
     if end <= start:
         raise BacktestError(f"end ({end}) must be after start ({start})")
     if end - start > 400 * 86400:
         raise BacktestError("a backtest covers at most 400 days; split longer periods")
     t0 = time.monotonic()
+    if source is None:
+        if influx is None:
+            raise BacktestError("a backtest needs InfluxDB or another reading source")
+        source = InfluxSource(influx)
     acfg = acfg or alerts_config(cfg)
     wanted = check_rules(rules)
     window_rules = [r for r in wanted if RULES[r].kind == "window"]
@@ -120,10 +135,21 @@ def backtest(
     cal = calendar(cfg)
     tz = cfg.site.tz
 
-    points = fetch_registers(influx, cfg.meters, start - lookback, end + settle) if window_rules else {}
-    rates = fetch_rates(influx, cfg.meters, start - lookback, end + settle) if window_rules else {}
     timeline = Timeline.build(start - lookback, end, tz, cal)
-    series = build_campus(cfg, timeline, points, cal, rates=rates)
+    read = 0
+    feed: _Feed | None = None
+    if full:
+        points = source.registers(cfg.meters, start - lookback, end + settle) if window_rules else {}
+        rates = source.rates(cfg.meters, start - lookback, end + settle) if window_rules else {}
+        series = build_campus(cfg, timeline, points, cal, rates=rates)
+        read += sum(len(v) for v in points.values())
+        del points, rates
+        cache: RuleCache | None = None
+    else:
+        book = HourBook(cfg, timeline, cal, meters=by_building(cfg) if window_rules else [])
+        series = book.series
+        feed = _Feed(book, source, start - lookback, end + settle)
+        cache = RuleCache()
     # A meter is expected from its commissioning date, else from the start of the backtest: a
     # backtest that starts when the data starts raises nothing about meters not yet due.
     expected = expected_from(cfg, acfg, start)
@@ -151,32 +177,38 @@ def backtest(
     now_box = [float(start)]
     store = AlertStore(cfg, acfg, mem, source="backtest", clock=lambda: now_box[0], deliveries=False)
     instant = None
-    readings: list[Reading] = []
+    instant_feed: _InstantFeed | None = None
     if instant_rules:
         instant = InstantRules(cfg, store=store, acfg=acfg, clock=lambda: now_box[0], rules=instant_rules)
         watched = [m for m in cfg.meters if m.room is not None or m.rated_current_a is not None]
-        readings = fetch_instant(influx, watched, start, end)
-    read = sum(len(v) for v in points.values()) + len(readings)
-    result = BacktestResult(start, end, wanted, meters=len(cfg.meters), readings=read)
-    ri = 0
+        instant_feed = _InstantFeed(source, watched, start, end, whole=full)
+    result = BacktestResult(start, end, wanted, meters=len(cfg.meters))
+    children = children_of(cfg)
     t = start
+    day_quotas: tuple[object, list] = (None, [])
     while t < end:
         t = min(t + step, end)
-        j = ri
-        while j < len(readings) and readings[j].ts <= t:
-            j += 1
-        if j > ri:
-            assert instant is not None
-            now_box[0] = float(readings[j - 1].ts)
-            instant.on_readings(readings[ri:j])
-            ri = j
+        if instant_feed is not None:
+            batch = instant_feed.upto(t)
+            if batch:
+                assert instant is not None
+                now_box[0] = float(batch[-1].ts)
+                instant.on_readings(batch)
         now_box[0] = float(t)
         if window_rules:
+            if feed is not None:
+                feed.upto(t + LOOKAHEAD_S)
             day = datetime.fromtimestamp(t, tz).date()
-            qs = [q for q in quotas if q.valid_on(day)]
-            ctx = context_at(cfg, timeline, series, t, settle, qs, expected, gateways)
-            store.apply(window_findings(acfg, ctx, store.state, window_rules))
+            if day_quotas[0] != day:
+                day_quotas = (day, [q for q in quotas if q.valid_on(day)])
+            ctx = context_at(cfg, timeline, series, t, settle, day_quotas[1], expected, gateways, children)
+            store.apply(window_findings(acfg, ctx, store.state, window_rules, cache))
         result.steps += 1
+    if feed is not None:
+        read += feed.read
+    if instant_feed is not None:
+        read += instant_feed.read
+    result.readings = read
     with mem() as s:
         rows = list(s.scalars(select(Alert).order_by(Alert.first_seen, Alert.id)))
         result.alerts = [alert_json(a, cfg) for a in rows]
@@ -186,6 +218,63 @@ def backtest(
             result.committed = _commit(cfg, acfg, sessions, rows)
     result.seconds = time.monotonic() - t0
     return result
+
+
+# Readings a streamed step sees past itself: an hour is judged once it has settled, and a gap of up
+# to a day is spread over its hours before they are judged, as when the whole period is read at once.
+LOOKAHEAD_S = 86400
+CHUNK_S = 86400
+
+
+def by_building(cfg: CampusConfig) -> list[Meter]:
+    """Meters grouped by building (reads are chunked by meters: one building's meters go together)."""
+    return sorted(cfg.meters, key=lambda m: m.building)
+
+
+class _Feed:
+    """Register readings and hourly peaks read a day at a time into the book, then dropped."""
+
+    def __init__(self, book: HourBook, source: ReadingSource, start: int, end: int) -> None:
+        self.book, self.source = book, source
+        self.meters = list(book.series[m].meter for m in book.series)
+        self.at, self.end = start, end
+        self.read = 0
+
+    def upto(self, t: int) -> None:
+        while self.at < min(t, self.end):
+            nxt = min((self.at // CHUNK_S + 1) * CHUNK_S, self.end)
+            pts = self.source.registers(self.meters, self.at, nxt)
+            rates = self.source.rates(self.meters, self.at, nxt)
+            self.read += sum(len(v) for v in pts.values())
+            self.book.feed(pts, rates)
+            self.at = nxt
+
+
+class _InstantFeed:
+    """Power and current readings for the instant rules, a day at a time, in time order."""
+
+    def __init__(self, source: ReadingSource, meters: list[Meter], start: int, end: int, whole: bool) -> None:
+        self.source, self.meters = source, meters
+        self.at, self.end, self.whole = start, end, whole
+        self.buf: list[Reading] = []
+        self.pos = 0
+        self.read = 0
+
+    def upto(self, t: int) -> list[Reading]:
+        """Readings with ``ts <= t`` not handed out yet."""
+        out: list[Reading] = []
+        while True:
+            buf, j = self.buf, self.pos
+            while j < len(buf) and buf[j].ts <= t:
+                j += 1
+            out += buf[self.pos : j]
+            self.pos = j
+            if j < len(buf) or self.at >= self.end or self.at > t:
+                return out
+            nxt = self.end if self.whole else min((self.at // CHUNK_S + 1) * CHUNK_S, self.end)
+            self.buf, self.pos = self.source.instant(self.meters, self.at, nxt), 0
+            self.read += len(self.buf)
+            self.at = nxt
 
 
 def _commit(cfg: CampusConfig, acfg: AlertsConfig, sessions: sessionmaker, rows: list[Alert]) -> list[int]:

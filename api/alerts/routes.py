@@ -25,7 +25,6 @@ from api.timeparse import TIME_DOC, TIME_PATTERN, parse_time
 
 router = APIRouter(tags=["alerts"], responses=errors(422))
 PREFIX = "/api/v1/alerts"
-SSE_POLL_S = 0.2
 SSE_PING_S = 15.0
 
 Status = Literal[STATUSES]  # type: ignore[valid-type]
@@ -207,31 +206,28 @@ async def stream(
 
     async def gen() -> Any:
         last = start
-        waiter = svc.bus.register()
-        idle = 0.0
+        bus = svc.bus
+        waiter = bus.register()
         try:
             yield "retry: 2000\n\n"
             while True:
-                events = await asyncio.to_thread(svc.store.events_after, last, 500)
+                waiter[1].clear()
+                events = bus.after(last)
+                if events is None:  # older than what the feed keeps in memory: from the database
+                    events = await asyncio.to_thread(svc.store.events_after, last, 500)
                 for e in events:
                     yield sse_frame(e)
                     last = e["id"]
                 if events:
-                    idle = 0.0
                     continue
                 if await request.is_disconnected():
                     return
-                loop_ev = waiter[1]
                 try:
-                    await asyncio.wait_for(loop_ev.wait(), SSE_POLL_S)
+                    await asyncio.wait_for(waiter[1].wait(), SSE_PING_S)
                 except TimeoutError:
-                    idle += SSE_POLL_S
-                loop_ev.clear()
-                if idle >= SSE_PING_S:
-                    idle = 0.0
                     yield ": ping\n\n"
         finally:
-            svc.bus.unregister(waiter)
+            bus.unregister(waiter)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(gen(), media_type="text/event-stream", headers=headers)

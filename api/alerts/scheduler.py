@@ -1,7 +1,8 @@
-"""Background work of the API process: window-rule passes and notification deliveries.
+"""The alert objects of an API process, and the scheduled jobs when the API runs them itself.
 
-``start_alert_jobs(app)`` is called from the API's lifespan; it returns the running scheduler,
-whose ``shutdown`` also closes what the jobs opened.
+``start_alert_jobs(app)`` is called from the API's lifespan. With ``api.run_jobs`` (auto: on
+SQLite) it returns the running scheduler, whose ``shutdown`` also closes what the jobs opened;
+otherwise None, and ``campusmon worker`` processes run the jobs (campusmon/worker.py).
 """
 
 from __future__ import annotations
@@ -16,37 +17,15 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from api.alerts.config import AlertsConfig, alerts_config
+from api.alerts.fanout import EventBus
 from api.alerts.instant import InstantRules
 from api.alerts.notify.dispatcher import Dispatcher
 from api.alerts.store import AlertStore
 from api.alerts.window import WindowEvaluator
-from campusmon.influx import QueryError, StoreUnavailable
+from campusmon.coordination import Coordinator, SharedStateRefused, jobs_in_api
+from campusmon.worker import ScheduledJobs, rollups_module, units_for
 
 log = logging.getLogger(__name__)
-
-
-class EventBus:
-    """Wakes SSE streams of this process as soon as an event is written here (others poll)."""
-
-    def __init__(self) -> None:
-        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
-
-    def register(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Event]:
-        w = (asyncio.get_running_loop(), asyncio.Event())
-        self._waiters.add(w)
-        return w
-
-    def unregister(self, w: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
-        self._waiters.discard(w)
-
-    def notify(self, events: list[dict[str, Any]]) -> None:
-        if not events:
-            return
-        for loop, ev in list(self._waiters):
-            try:
-                loop.call_soon_threadsafe(ev.set)
-            except RuntimeError:  # the loop has closed
-                self._waiters.discard((loop, ev))
 
 
 @dataclass
@@ -66,7 +45,7 @@ def alert_services(app: Any) -> AlertServices:
         cfg = app.state.cfg
         acfg = alerts_config(cfg)
         store = AlertStore(cfg, acfg, app.state.sessions)
-        bus = EventBus()
+        bus = EventBus(store, cfg.database.url, cfg.api.sse_poll_s)
         store.listeners.append(bus.notify)
         svc = AlertServices(
             acfg=acfg,
@@ -104,47 +83,83 @@ def _load_targets(cfg: Any, sessions: Any) -> None:
 
 class AlertScheduler(AsyncIOScheduler):
     services: AlertServices | None = None
+    coordinator: Coordinator | None = None
 
     def shutdown(self, wait: bool = True) -> None:
         super().shutdown(wait=wait)
+        if self.coordinator is not None:
+            self.coordinator.close()
         if self.services is not None:
             self.services.dispatcher.close()
 
 
-async def _window_pass(svc: AlertServices) -> None:
+async def _window_pass(jobs: ScheduledJobs) -> None:
     try:
-        events = await asyncio.to_thread(svc.evaluator.run)
-        if events:
-            log.info("window rules: %d alert event(s)", len(events))
-    except (StoreUnavailable, QueryError) as e:
-        log.warning("window rules skipped this pass: InfluxDB: %s", e)
+        await asyncio.to_thread(jobs.window_pass)
     except Exception:
         log.exception("window rule pass failed")
 
 
-async def _deliver(svc: AlertServices) -> None:
+async def _deliver(jobs: ScheduledJobs) -> None:
     try:
-        await asyncio.to_thread(svc.dispatcher.run_once)
+        await asyncio.to_thread(jobs.deliver)
     except Exception:
         log.exception("alert delivery run failed")
 
 
-def start_alert_jobs(app: Any) -> AlertScheduler:
+async def _rollups(jobs: ScheduledJobs) -> None:
+    try:
+        await asyncio.to_thread(jobs.rollups)
+    except Exception:
+        log.exception("rollup pass failed")
+
+
+async def _tick(coord: Coordinator) -> None:
+    try:
+        await asyncio.to_thread(coord.tick)
+    except Exception as e:
+        log.warning("lease renewal failed (%s); retrying", e)
+
+
+def start_alert_jobs(app: Any) -> AlertScheduler | None:
+    cfg = app.state.cfg
+    if not jobs_in_api(cfg):
+        log.info("scheduled jobs are left to `campusmon worker` (api.run_jobs: %s)", cfg.api.run_jobs)
+        return None
     svc = alert_services(app)
+    jobs = ScheduledJobs(cfg, app.state.store, app.state.sessions, svc)
+    coord = Coordinator(cfg, app.state.engine, app.state.sessions, units_for(cfg, svc.acfg), role="API")
+    try:
+        coord.start()
+    except SharedStateRefused as e:
+        log.warning("this API runs no scheduled jobs: %s", e)
+        return None
+    jobs.attach(coord)
     sched = AlertScheduler(
         timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60}
     )
     sched.services = svc
+    sched.coordinator = coord
     st = svc.acfg.settings
+    if coord.backend != "sqlite":
+        sched.add_job(_tick, IntervalTrigger(seconds=coord.renew_s), args=[coord], id="leases")
     if st.enabled:
         first = datetime.now(UTC) + timedelta(seconds=5)
         sched.add_job(
             _window_pass,
             IntervalTrigger(seconds=st.schedule.interval_s),
-            args=[svc],
+            args=[jobs],
             id="alerts.window",
             next_run_time=first,
         )
-    sched.add_job(_deliver, IntervalTrigger(seconds=st.delivery.poll_s), args=[svc], id="alerts.deliver")
+    sched.add_job(_deliver, IntervalTrigger(seconds=st.delivery.poll_s), args=[jobs], id="alerts.deliver")
+    if rollups_module() is not None:
+        sched.add_job(
+            _rollups,
+            IntervalTrigger(seconds=cfg.worker.rollup_interval_s),
+            args=[jobs],
+            id="rollups",
+            next_run_time=datetime.now(UTC) + timedelta(seconds=10),
+        )
     sched.start()
     return sched

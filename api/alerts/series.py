@@ -8,14 +8,15 @@ a past week without peeking at the future.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from api.accounting.consumption import Curve, Limits, derive
+from api.accounting.consumption import Curve, Event, Limits, derive
 from api.accounting.periods import hour_starts
 from campusmon.config import Building, CampusConfig, Meter
 from campusmon.quantities import MeterKind
@@ -90,20 +91,38 @@ class Timeline:
 
 
 @dataclass(slots=True)
+class RawTrace:
+    """The raw-resolution facts rules read beside the hourly series: reading times and policy events.
+
+    What the incremental engine keeps of a meter's raw readings once they are folded into hours
+    (``Curve`` carries the same two attributes for a series built in one go).
+    """
+
+    received: MutableSequence[int] = field(default_factory=lambda: array("q"))
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class MeterSeries:
     """One meter over a timeline: what rules need and nothing else."""
 
     meter: Meter
     building: Building
     timeline: Timeline
-    curve: Curve
-    used: list[float]  # consumption per hour (kWh or m3), spread evenly across gaps
-    known: list[bool]  # hour covered by real readings (not before/after data, not inside a long gap)
-    samples: list[int]  # readings received in the hour
+    curve: Curve | RawTrace
+    # Consumption per hour (kWh or m3), spread evenly across gaps; a list, or a compact array when kept
+    # between passes by the incremental engine (api.alerts.engine).
+    used: MutableSequence[float]
+    known: MutableSequence[bool] | bytearray  # hour covered by real readings (not inside a long gap)
+    samples: MutableSequence[int]  # readings received in the hour
     occupied: list[bool]
     memo: dict[tuple, object] = field(default_factory=dict)
     # Highest flow (m3/h) or power (W) the meter reported in each hour; None where it reports none.
     rate: list[float | None] = field(default_factory=list)
+    # Bumped when hours the rules have already judged change (late data): cached verdicts are stale.
+    version: int = 0
+    # One past the last hour a rule has been asked about (the largest ``upto`` so far).
+    judged: int = 0
 
     @property
     def unit(self) -> str:
@@ -124,6 +143,37 @@ class MeterSeries:
     def count_between(self, start: int, end: int) -> int:
         r = self.curve.received
         return bisect_left(r, end) - bisect_left(r, start)
+
+
+def invalidate_memo(s: MeterSeries, k: int) -> None:
+    """Forget what rules remembered about hours at or after ``k`` (they were re-derived).
+
+    Every memo of the rules depends only on hours before an index in its key (``ahref`` and
+    ``usual`` on hours before their hour or run start, ``baseload`` on its day, ``mnf`` on hours
+    before its ``upto``); the calendar-only ``closedday`` stays. Unknown keys are dropped.
+    """
+    drop = []
+    for key, val in s.memo.items():
+        tag = key[0]
+        if tag == "closedday":
+            continue
+        if tag in ("ahref", "usual") and isinstance(val, dict):
+            for i in [i for i in val if (i[1] if isinstance(i, tuple) else i) > k]:
+                del val[i]
+            continue
+        if tag == "baseload" and key[2] <= k:
+            continue
+        drop.append(key)
+    for key in drop:
+        del s.memo[key]
+
+
+def prune_memo(s: MeterSeries, below: int) -> None:
+    """Drop remembered hourly references older than hour ``below``: bounded memory on long runs."""
+    for key, val in s.memo.items():
+        if key[0] in ("ahref", "usual") and isinstance(val, dict):
+            for i in [i for i in val if (i[1] if isinstance(i, tuple) else i) < below]:
+                del val[i]
 
 
 def gap_limit(meter: Meter) -> int:

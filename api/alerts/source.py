@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -72,6 +73,32 @@ def fetch_rates(
             f'GROUP BY time(1h), "meter" fill(none)'
         ),
     )
+
+
+class ReadingSource(Protocol):
+    """Where rules' readings come from: InfluxDB here, any store that answers the same three reads."""
+
+    def registers(self, meters: Iterable[Meter], start: int, end: int) -> dict[str, list[tuple[int, float]]]: ...
+
+    def rates(self, meters: Iterable[Meter], start: int, end: int) -> dict[str, list[tuple[int, float]]]: ...
+
+    def instant(self, meters: Iterable[Meter], start: int, end: int) -> list[Reading]: ...
+
+
+class InfluxSource:
+    """The readings as stored in InfluxDB (``fetch_registers``, ``fetch_rates``, ``fetch_instant``)."""
+
+    def __init__(self, store: InfluxStore) -> None:
+        self.store = store
+
+    def registers(self, meters: Iterable[Meter], start: int, end: int) -> dict[str, list[tuple[int, float]]]:
+        return fetch_registers(self.store, meters, start, end)
+
+    def rates(self, meters: Iterable[Meter], start: int, end: int) -> dict[str, list[tuple[int, float]]]:
+        return fetch_rates(self.store, meters, start, end)
+
+    def instant(self, meters: Iterable[Meter], start: int, end: int) -> list[Reading]:
+        return fetch_instant(self.store, meters, start, end)
 
 
 def fetch_instant(store: InfluxStore, meters: Iterable[Meter], start: int, end: int) -> list[Reading]:

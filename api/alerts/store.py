@@ -30,6 +30,7 @@ from campusmon.config import CampusConfig
 log = logging.getLogger(__name__)
 
 EventListener = Callable[[list[dict[str, Any]]], None]
+EVENTS_CHANNEL = "campusmon_alert_events"  # PostgreSQL NOTIFY channel: "a new event id committed"
 LATCH_REFRESH_S = 10.0
 STATUSES = ("active", "cleared", "active_unack", "active_ack", "cleared_unack", "cleared_ack", "all")
 
@@ -431,6 +432,9 @@ class AlertStore:
                         )
                     )
             out.append(event_json(ev))
+        if out and s.bind is not None and s.bind.dialect.name == "postgresql":
+            # Delivered at commit, to every API replica's feed listener (api/alerts/fanout.py).
+            s.execute(text("SELECT pg_notify(:ch, :id)"), {"ch": EVENTS_CHANNEL, "id": str(out[-1]["id"])})
         return out
 
     def add_closed(self, rows: Iterable[Alert], actor: str) -> list[int]:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from api.alerts.config import AlertsConfig, alerts_config
+from api.alerts.engine import HourBook, RuleCache
 from api.alerts.evaluate import window_findings
 from api.alerts.rules.context import GatewayWord, Quota, WindowContext
 from api.alerts.series import OccupancyCalendar, Timeline, build_campus
@@ -62,13 +63,14 @@ def context_at(
     quotas: list[Quota],
     expected: dict[str, int] | None = None,
     gateways: dict[str, GatewayWord] | None = None,
+    children: dict[str, list[str]] | None = None,
 ) -> WindowContext:
     return WindowContext(
         now,
         timeline.complete_upto(now - settle),
         timeline,
         series,
-        children_of(cfg),
+        children if children is not None else children_of(cfg),
         quotas,
         expected or {},
         gateways or {},
@@ -99,6 +101,7 @@ class WindowEvaluator:
         store: AlertStore | None = None,
         acfg: AlertsConfig | None = None,
         clock: Callable[[], float] = time.time,
+        incremental: bool = True,
     ) -> None:
         self.cfg = cfg
         self.acfg = acfg or alerts_config(cfg)
@@ -113,6 +116,46 @@ class WindowEvaluator:
         self._last_full = 0.0
         self._rates: dict[str, list[tuple[int, float]]] = {}
         self.last_pass: dict[str, Any] = {}
+        # The incremental engine (api.alerts.engine): hourly series and verdicts kept between passes.
+        # ``incremental=False`` rebuilds everything on every pass (the reference it is tested against).
+        self.incremental = incremental
+        self.book: HourBook | None = None
+        self.cache = RuleCache()
+        self._children = children_of(cfg)
+
+    def _refresh_book(self, now: int) -> tuple[HourBook, bool]:
+        """Bring the book up to ``now``: rebuilt from the whole look-back when due, else the recent reads.
+
+        The re-read overlap catches readings that arrive late from a gateway's backlog; a rebuild every
+        ``FULL_REFRESH_S`` catches anything older, and moves the start of the timeline on.
+        """
+        lookback = self.acfg.settings.schedule.lookback_days * 86400
+        start = now - lookback
+        book = self.book
+        full = (
+            book is None
+            or self._fetched_until is None
+            or now - self._last_full >= FULL_REFRESH_S
+            or self._fetched_until < start
+            or now < self._fetched_until - OVERLAP_S
+        )
+        if full:
+            timeline = Timeline.build(start, now, self.cfg.site.tz, self.calendar)
+            book = HourBook(self.cfg, timeline, self.calendar)
+            since = start
+            self.cache = RuleCache()
+        else:
+            assert book is not None and self._fetched_until is not None
+            since = max(start, self._fetched_until - OVERLAP_S)
+            book.grow(now)
+        pts = fetch_registers(self.influx, self.cfg.meters, since, now + 1)
+        rates = fetch_rates(self.influx, self.cfg.meters, since - since % 3600, now + 1)
+        book.feed(pts, rates)
+        self.book = book
+        self._fetched_until = now + 1
+        if full:
+            self._last_full = now
+        return book, full
 
     def refresh(self, now: int) -> None:
         lookback = self.acfg.settings.schedule.lookback_days * 86400
@@ -180,11 +223,18 @@ class WindowEvaluator:
         """Evaluate once (catching up on unjudged passes first); returns the alert events written."""
         t0 = time.monotonic()
         now = int(self.clock()) if now is None else int(now)
-        self.refresh(now)
-        t1 = time.monotonic()
-        lookback = self.acfg.settings.schedule.lookback_days * 86400
-        timeline = Timeline.build(now - lookback, now, self.cfg.site.tz, self.calendar)
-        series = build_campus(self.cfg, timeline, self.points(), self.calendar, rates=self._rates)
+        cache: RuleCache | None = None
+        rebuilt = True
+        if self.incremental:
+            book, rebuilt = self._refresh_book(now)
+            t1 = time.monotonic()
+            timeline, series, cache = book.timeline, book.series, self.cache
+        else:
+            self.refresh(now)
+            t1 = time.monotonic()
+            lookback = self.acfg.settings.schedule.lookback_days * 86400
+            timeline = Timeline.build(now - lookback, now, self.cfg.site.tz, self.calendar)
+            series = build_campus(self.cfg, timeline, self.points(), self.calendar, rates=self._rates)
         expected = self._expected(now)
         settle = settle_s(self.cfg, self.acfg)
         passes = self.pending_passes(now) if rules is None else [now]
@@ -197,12 +247,16 @@ class WindowEvaluator:
             day = datetime.fromtimestamp(at, self.cfg.site.tz).date()
             if day not in quotas:
                 quotas[day] = load_quotas(self.cfg, self.sessions, day)
-            ctx = context_at(self.cfg, timeline, series, at, settle, quotas[day], expected, gateways)
-            found = window_findings(self.acfg, ctx, self.store.state, rules)
+            ctx = context_at(
+                self.cfg, timeline, series, at, settle, quotas[day], expected, gateways, self._children
+            )
+            found = window_findings(self.acfg, ctx, self.store.state, rules, cache)
             findings += len(found)
             events += self.store.apply(found)
-        if rules is None:
-            self.store.save_states({JUDGED: {"until": now}})
+            if rules is None:
+                # Judged up to here: a worker killed mid catch-up is followed by one that resumes at
+                # the next pass, never re-judging a run of passes (which could reopen what cleared).
+                self.store.save_states({JUDGED: {"until": at}})
         t3 = time.monotonic()
         self.last_pass = {
             "at": now,
@@ -213,6 +267,7 @@ class WindowEvaluator:
             "fetch_s": round(t1 - t0, 3),
             "prepare_s": round(t2 - t1, 3),
             "rules_s": round(t3 - t2, 3),
+            "rebuilt": rebuilt,
         }
         return events
 

@@ -39,6 +39,7 @@ A = "/api/v1/alerts"
 T = "/api/v1/targets"
 M = "/api/v1/meters"
 AUTH = "/api/v1/auth"
+C = "/console"
 
 PERMISSIONS: dict[tuple[str, str], Perm] = {
     # the OpenAPI document and its viewers (FastAPI's own routes)
@@ -64,6 +65,18 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
     ("GET", "/api/v1/buildings/{building_id}/summary"): P("read", "building:building_id"),
     ("GET", "/api/v1/rankings"): P("read", "campus"),
     ("GET", "/api/v1/reports/monthly"): P("read", "campus"),
+    # units, fuel, hand-read meters, factors, annual assessment, cost allocation (docs/assessment.md)
+    ("GET", "/api/v1/factors"): P("read", "any"),
+    ("GET", "/api/v1/units"): P("read", "campus"),
+    ("GET", "/api/v1/units/{unit_id}/consumption"): P("read", "campus"),
+    ("GET", "/api/v1/rankings/units"): P("read", "campus"),
+    ("GET", "/api/v1/assessment/annual"): P("read", "campus"),
+    ("GET", "/api/v1/assessment/overrides"): P("read", "campus"),
+    ("POST", "/api/v1/assessment/overrides"): P("admin", "campus"),
+    ("GET", "/api/v1/fuel"): P("read", "campus"),
+    ("POST", "/api/v1/fuel"): P("operate", "campus"),
+    ("POST", "/api/v1/readings/manual"): P("operate", "campus"),
+    ("GET", "/api/v1/allocation/monthly"): P("read", "campus"),
     ("GET", T): P("read", "campus"),
     ("GET", T + "/history"): P("read", "campus"),
     ("POST", T): P("operate", "campus"),
@@ -101,6 +114,24 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
     ("POST", AUTH + "/tokens"): P("admin", "campus"),
     ("DELETE", AUTH + "/tokens/{token_id:int}"): P("admin", "campus"),
     ("GET", AUTH + "/audit"): P("admin", "campus"),
+    # console core (api/console/): static files, login, language, overview, buildings, meters
+    ("GET", "/static"): P("public", "any"),
+    ("GET", C): P("read", "any"),
+    ("GET", C + "/login"): P("public", "any"),
+    ("POST", C + "/login"): P("public", "any"),
+    ("POST", C + "/logout"): P("read", "any"),
+    ("GET", C + "/lang"): P("public", "any"),
+    ("GET", C + "/"): P("read", "filtered"),
+    ("GET", C + "/ranking"): P("read", "filtered"),
+    ("GET", C + "/buildings"): P("read", "filtered"),
+    ("GET", C + "/buildings/{building_id}"): P("read", "building:building_id"),
+    ("GET", C + "/buildings/{building_id}/live"): P("read", "building:building_id"),
+    ("GET", C + "/meters/{meter_id}"): P("read", "meter:meter_id"),
+    ("GET", C + "/meters/{meter_id}/readings.csv"): P("read", "meter:meter_id"),
+    # console alert inbox (its actions are requests to the API's own alert routes)
+    ("GET", C + "/alerts"): P("read", "filtered"),
+    ("GET", C + "/alerts/{alert_id:int}/card"): P("read", "alert:alert_id"),
+    ("GET", C + "/data/alerts/{alert_id:int}/evidence"): P("read", "alert:alert_id"),
 }
 
 

@@ -4,6 +4,7 @@ Independent of the gateway's codecs by design: nothing here imports ``gateway``.
 """
 
 from firmware_sim.serial.bus import SimBus, Transaction, char_time
+from firmware_sim.serial.cjt188_heat_meter import Cjt188HeatMeter
 from firmware_sim.serial.cjt188_meter import Cjt188Meter
 from firmware_sim.serial.clock import SimClock
 from firmware_sim.serial.dlt645_meter import Dlt645Meter
@@ -14,6 +15,7 @@ from firmware_sim.serial.spec import SpecError, build_bus, load_bus, serve
 
 __all__ = [
     "REGISTER_MAPS",
+    "Cjt188HeatMeter",
     "Cjt188Meter",
     "Dlt645Meter",
     "Fault",

@@ -1,4 +1,4 @@
-"""A simulated CJ/T 188 water meter (cold water, type 10H, by default).
+"""A simulated CJ/T 188 water or gas meter (cold water, type 10H, by default; gas is type 30H).
 
 It answers read data 901F (current and settlement-day volume with their unit codes, the meter clock,
 status bytes ST1 ST2), read address (03H, DI 810A) and the valve command (04H, DI A017). The data
@@ -16,13 +16,15 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from campusmon.quantities import MeterKind
 from firmware_sim.serial.bcd import address_to_wire, sum8, to_bcd_le
 from firmware_sim.serial.clock import SimClock
 from firmware_sim.serial.meter import INCOMPLETE, INVALID, SerialMeter
-from firmware_sim.serial.model import WATER_PROFILES, WaterModel
+from firmware_sim.serial.model import GAS_PROFILES, WATER_PROFILES, WaterModel
 
 WILDCARD = 0xAA
 WATER_TYPES = (0x10, 0x11, 0x12, 0x13, 0x30)  # the types whose 901F reply has the water/gas layout
+GAS_TYPE = 0x30
 READ_DATA, READ_ADDRESS, WRITE_DATA = 0x01, 0x03, 0x04
 DI_METER_DATA, DI_ADDRESS, DI_VALVE = 0x901F, 0x810A, 0xA017
 
@@ -67,8 +69,11 @@ class Cjt188Meter(SerialMeter):
             raise ValueError(
                 f"meter type {meter_type:02X}H is not a water/gas type {[f'{t:02X}' for t in WATER_TYPES]}"
             )
-        if profile not in WATER_PROFILES:
-            raise ValueError(f"unknown water profile {profile!r}; known: {', '.join(WATER_PROFILES)}")
+        gas = meter_type == GAS_TYPE
+        profiles = GAS_PROFILES if gas else WATER_PROFILES
+        if profile not in profiles:
+            what = "gas" if gas else "water"
+            raise ValueError(f"unknown {what} profile {profile!r}; known: {', '.join(profiles)}")
         if di_order not in ("901F", "1F90"):
             raise ValueError("di_order must be '901F' or '1F90'")
         if unit not in UNITS_PER_M3:
@@ -87,13 +92,15 @@ class Cjt188Meter(SerialMeter):
         self.preamble = preamble
         self.valve = "open"
         self.battery_low = False
+        self.quantity = "gas_volume_m3" if gas else "volume_m3"  # what the gateway stores it as
         self.model = WaterModel(
             self.seed,
-            WATER_PROFILES[profile],
+            profiles[profile],
             clock=self.clock,
             tz=self.tz,
             settlement_day=settlement_day,
             initial_m3=initial_m3,
+            kind=MeterKind.GAS if gas else MeterKind.WATER,
         )
 
     def describe(self) -> str:
@@ -187,7 +194,7 @@ class Cjt188Meter(SerialMeter):
         current, settlement = self._counters()
         clock = self.meter_time()
         rtc = to_bcd_le(int(f"{clock:%Y%m%d%H%M%S}"), 7)
-        self._served({"volume_m3": current / 100 / UNITS_PER_M3[self.unit]})
+        self._served({self.quantity: current / 100 / UNITS_PER_M3[self.unit]})
         return (
             to_bcd_le(current, 4)
             + bytes([self.unit])
@@ -201,7 +208,7 @@ class Cjt188Meter(SerialMeter):
         """The current volume in m3, exactly as the next 901F read reports it (after unit scaling)."""
         with self.lock:
             current, _ = self._counters()
-        return {"volume_m3": current / 100 / UNITS_PER_M3[self.unit]}
+        return {self.quantity: current / 100 / UNITS_PER_M3[self.unit]}
 
     def snapshot(self) -> dict[str, object]:
         """Every field of the 901F reply as it would be served now."""

@@ -30,9 +30,18 @@ from pymodbus.pdu import DecodePDU, ExceptionResponse
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
+from campusmon.quantities import MeterKind
 from firmware_sim.serial.clock import SimClock
 from firmware_sim.serial.meter import INCOMPLETE, INVALID, SerialMeter
-from firmware_sim.serial.model import ELECTRIC_PROFILES, WATER_PROFILES, ElectricModel, WaterModel
+from firmware_sim.serial.model import (
+    ELECTRIC_PROFILES,
+    GAS_PROFILES,
+    HEAT_PROFILES,
+    WATER_PROFILES,
+    ElectricModel,
+    HeatModel,
+    WaterModel,
+)
 
 WordOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 SUPPORTED_FUNCTIONS = frozenset({3, 4, 6, 16})
@@ -58,12 +67,14 @@ class Reg:
 
     address: int
     source: str
-    kind: Literal["float32", "uint16"] = "float32"
+    kind: Literal["float32", "uint16", "uint32"] = "float32"
     quantity: str | None = None
+    scale: float = 1.0  # uint32 registers hold value / scale (0.01 m3 steps...)
+    to_canonical: float = 1.0  # register unit -> the quantity's unit (kW -> W: 1000)
 
     @property
     def size(self) -> int:
-        return 2 if self.kind == "float32" else 1
+        return 1 if self.kind == "uint16" else 2
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,7 @@ class RegisterMap:
     """A meter model's registers: the function code that reads them, the float order, the entries."""
 
     name: str
-    kind: Literal["electricity", "water"]
+    kind: Literal["electricity", "water", "gas", "heat"]
     function: int  # 4 = input registers, 3 = holding registers
     order: WordOrder
     entries: tuple[Reg, ...]
@@ -174,7 +185,45 @@ XINTAI_WATER = RegisterMap(
     ),
 )
 
-REGISTER_MAPS: dict[str, RegisterMap] = {m.name: m for m in (SDM630, SDM120, XINTAI_WATER)}
+# Example maps (gateway/profiles/example_*.yaml, docs/protocols.md): not copied from a vendor manual.
+EXAMPLE_HEAT = RegisterMap(
+    "example_heat",
+    "heat",
+    3,
+    "ABCD",
+    (
+        Reg(0, "energy_kwh", "uint32", quantity="heat_energy_kwh"),
+        Reg(2, "volume_m3", "uint32", quantity="heat_volume_m3", scale=0.01),
+        Reg(4, "power_kw", quantity="heat_power_w", to_canonical=1000.0),
+        Reg(6, "flow_m3h", quantity="heat_flow_m3h"),
+        Reg(8, "supply_c", quantity="supply_temp_c"),
+        Reg(10, "return_c", quantity="return_temp_c"),
+        Reg(12, "dt_k"),
+    ),
+)
+EXAMPLE_GAS_CORRECTOR = RegisterMap(
+    "example_gas_corrector",
+    "gas",
+    4,
+    "ABCD",
+    (
+        Reg(0, "vb_m3", "uint32", quantity="gas_volume_m3", scale=0.01),
+        Reg(2, "vm_m3", "uint32", quantity="gas_volume_uncorrected_m3", scale=0.01),
+        Reg(4, "qb_m3h", quantity="gas_flow_m3h"),
+        Reg(6, "qm_m3h"),
+        Reg(8, "p_kpa", quantity="gas_pressure_kpa"),
+        Reg(10, "t_c", quantity="gas_temp_c"),
+        Reg(12, "c_factor"),
+        Reg(14, "status", "uint16"),
+    ),
+)
+# A volume corrector's fixed line conditions and the Chinese base conditions (101.325 kPa, 20 °C).
+CORRECTOR_P_KPA, CORRECTOR_T_C = 250.0, 12.0
+BASE_P_KPA, BASE_T_K = 101.325, 293.15
+
+REGISTER_MAPS: dict[str, RegisterMap] = {
+    m.name: m for m in (SDM630, SDM120, XINTAI_WATER, EXAMPLE_HEAT, EXAMPLE_GAS_CORRECTOR)
+}
 
 
 def _sim_blocks(regs: Iterable[Reg], zero_fill: Iterable[tuple[int, int]]) -> list[SimData]:
@@ -222,7 +271,7 @@ class ModbusMeter(SerialMeter):
             if name not in ELECTRIC_PROFILES:
                 raise ValueError(f"unknown load profile {name!r}; known: {', '.join(ELECTRIC_PROFILES)}")
             phases = 1 if model == "sdm120" else 3
-            self.model: ElectricModel | WaterModel = ElectricModel(
+            self.model: ElectricModel | WaterModel | HeatModel = ElectricModel(
                 self.seed,
                 ELECTRIC_PROFILES[name],
                 phases=phases,
@@ -230,12 +279,24 @@ class ModbusMeter(SerialMeter):
                 tz=self.tz,
                 initial_kwh=initial,
             )
-        else:
+        elif self.map.kind == "heat":
             name = profile or "dorm"
-            if name not in WATER_PROFILES:
-                raise ValueError(f"unknown water profile {name!r}; known: {', '.join(WATER_PROFILES)}")
+            if name not in HEAT_PROFILES:
+                raise ValueError(f"unknown heat profile {name!r}; known: {', '.join(HEAT_PROFILES)}")
+            self.model = HeatModel(self.seed, HEAT_PROFILES[name], clock=self.clock, tz=self.tz, initial_kwh=initial)
+        else:
+            gas = self.map.kind == "gas"
+            profiles = GAS_PROFILES if gas else WATER_PROFILES
+            name = profile or "dorm"
+            if name not in profiles:
+                raise ValueError(f"unknown {self.map.kind} profile {name!r}; known: {', '.join(profiles)}")
             self.model = WaterModel(
-                self.seed, WATER_PROFILES[name], clock=self.clock, tz=self.tz, initial_m3=initial
+                self.seed,
+                profiles[name],
+                clock=self.clock,
+                tz=self.tz,
+                initial_m3=initial,
+                kind=MeterKind.GAS if gas else MeterKind.WATER,
             )
         self.profile = name
         self.valve_open = True
@@ -298,6 +359,34 @@ class ModbusMeter(SerialMeter):
 
     def _sources(self) -> dict[str, float]:
         """Every source value of the map, from the model at the current simulator time."""
+        if isinstance(self.model, HeatModel):
+            with self.model.lock:
+                now = self.model.advance()
+                energy, volume, v = self.model.energy_kwh, self.model.volume_m3, self.model.values_at(now)
+            return {
+                "energy_kwh": energy % self.wrap,
+                "volume_m3": volume % self.wrap,
+                "power_kw": v.power_kw,
+                "flow_m3h": v.flow_m3h,
+                "supply_c": v.supply_c,
+                "return_c": v.return_c,
+                "dt_k": abs(v.supply_c - v.return_c),
+            }
+        if isinstance(self.model, WaterModel) and self.map.kind == "gas":
+            with self.model.lock:
+                now = self.model.advance()
+                vm, qm = self.model.volume_m3, self.model.flow_at(now)
+            c = CORRECTOR_P_KPA / BASE_P_KPA * BASE_T_K / (CORRECTOR_T_C + 273.15)  # ideal gas, Z = 1
+            return {
+                "vb_m3": (vm * c) % self.wrap,
+                "vm_m3": vm % self.wrap,
+                "qb_m3h": qm * c,
+                "qm_m3h": qm,
+                "p_kpa": CORRECTOR_P_KPA,
+                "t_c": CORRECTOR_T_C,
+                "c_factor": c,
+                "status": 0,
+            }
         if isinstance(self.model, WaterModel):
             with self.model.lock:
                 now = self.model.advance()
@@ -318,6 +407,7 @@ class ModbusMeter(SerialMeter):
                 "valve": 1 if self.valve_open else 2,
             }
         m = self.model
+        assert isinstance(m, ElectricModel)
         with m.lock:
             now = m.advance()
             imp, exp = sum(m.import_wh) / 1000.0, sum(m.export_wh) / 1000.0
@@ -371,6 +461,9 @@ class ModbusMeter(SerialMeter):
             value = sources.get(r.source, 0.0)
             if r.kind == "uint16":
                 image[r.address] = int(value) & 0xFFFF
+            elif r.kind == "uint32":
+                n = math.floor(value / r.scale + 1e-6) & 0xFFFFFFFF
+                image[r.address], image[r.address + 1] = n >> 16, n & 0xFFFF
             else:
                 image[r.address], image[r.address + 1] = float_to_registers(value, self.map.order)
         served = {r.quantity: self._decoded(r, sources) for r in entries if r.quantity}
@@ -379,6 +472,10 @@ class ModbusMeter(SerialMeter):
 
     def _decoded(self, r: Reg, sources: dict[str, float]) -> float:
         value = sources.get(r.source, 0.0)
+        if r.kind == "uint32":  # as a poller decodes it: the count times the scale
+            return round((math.floor(value / r.scale + 1e-6) & 0xFFFFFFFF) * r.scale, 9)
+        if r.to_canonical != 1.0:  # a poller keeps a float32's 7 digits, then converts the unit
+            return round(float(f"{as_float32(value):.7g}") * r.to_canonical, 9)
         return float(int(value) & 0xFFFF) if r.kind == "uint16" else as_float32(value)
 
     async def _refresh(
@@ -419,7 +516,9 @@ class ModbusMeter(SerialMeter):
             return {r.quantity: self._decoded(r, sources) for r in self.map.entries if r.quantity}
 
     def _rollover(self, margin: float) -> None:
-        if isinstance(self.model, WaterModel):
+        if isinstance(self.model, HeatModel):
+            self.model.set_energy(self.wrap - margin)
+        elif isinstance(self.model, WaterModel):
             self.model.set_volume(self.wrap - margin)
         else:
             self.model.set_import_kwh(self.wrap - margin)

@@ -83,6 +83,34 @@ WATER_PROFILES: dict[str, FlowProfile] = {
     **{t: FlowProfile(t, 0.8) for t in get_args(BuildingType)},
     "constant": FlowProfile(None, 0.5, noise=0.0),
 }
+# Natural gas in m3/h: a canteen kitchen at a meal, a small boiler room elsewhere.
+GAS_PROFILES: dict[str, FlowProfile] = {
+    **{t: FlowProfile(t, 6.0) for t in get_args(BuildingType)},
+    "canteen": FlowProfile("canteen", 25.0),
+    "constant": FlowProfile(None, 4.0, noise=0.0),
+}
+
+
+@dataclass(frozen=True)
+class HeatProfile:
+    """A heating (or cooling) load: daily shape, peak thermal power, supply temperature and the
+    supply/return difference at peak, on a constant-flow circuit."""
+
+    building_type: str | None
+    peak_kw: float
+    supply_c: float = 70.0
+    design_dt_k: float = 20.0
+    cooling: bool = False
+    noise: float = 0.15
+
+
+HEAT_PROFILES: dict[str, HeatProfile] = {
+    **{t: HeatProfile(t, 150.0) for t in get_args(BuildingType)},
+    "cooling": HeatProfile("office", 120.0, supply_c=7.0, design_dt_k=5.0, cooling=True),
+    "constant": HeatProfile(None, 100.0, noise=0.0),
+}
+# kWh carried by 1 m3 of water per kelvin (4.19 kJ/(kg K) x 1000 kg/m3 / 3600 s/h, rounded as in practice).
+WATER_KWH_PER_M3K = 1.163
 
 
 @dataclass(frozen=True)
@@ -258,7 +286,7 @@ class ElectricModel(_Integrator):
 
 
 class WaterModel(_Integrator):
-    """A water draw with a cumulative volume and the volume at the last settlement day."""
+    """A water (or gas) draw with a cumulative volume and the volume at the last settlement day."""
 
     def __init__(
         self,
@@ -269,8 +297,10 @@ class WaterModel(_Integrator):
         tz: ZoneInfo,
         settlement_day: int = 1,
         initial_m3: float | None = None,
+        kind: MeterKind = MeterKind.WATER,
     ) -> None:
         super().__init__(clock, tz, settlement_day)
+        self.kind = kind  # whose daily shape the draw follows
         self.seed = seed
         self.profile = profile
         rng = random.Random(seed)
@@ -282,7 +312,7 @@ class WaterModel(_Integrator):
         k = math.floor(t / STEP_S)
         p = self.profile
         local = datetime.fromtimestamp(k * STEP_S, self.tz)
-        day = 1.0 if p.building_type is None else shape(MeterKind.WATER, p.building_type, local)
+        day = 1.0 if p.building_type is None else shape(self.kind, p.building_type, local)
         return max(
             0.0, p.peak_m3h * day * self.scale * (1.0 + p.noise * (2.0 * unit_hash(self.seed, k, 5) - 1.0))
         )
@@ -303,3 +333,73 @@ class WaterModel(_Integrator):
             self.advance()
             self.volume_m3 = 0.0
             self.settlement_m3 = 0.0
+
+
+@dataclass(frozen=True)
+class HeatValues:
+    """Instantaneous values of one step of a heat meter."""
+
+    power_kw: float
+    flow_m3h: float
+    supply_c: float
+    return_c: float
+
+
+class HeatModel(_Integrator):
+    """A heat (or cooling) meter's circuit: thermal energy, water volume and operating hours.
+
+    Flow is constant (the circuit's design flow), so the temperature difference follows the load:
+    ``power = flow x 1.163 x (supply - return)``, and energy integrates exactly the power served.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        profile: HeatProfile,
+        *,
+        clock: SimClock,
+        tz: ZoneInfo,
+        settlement_day: int = 1,
+        initial_kwh: float | None = None,
+    ) -> None:
+        super().__init__(clock, tz, settlement_day)
+        self.seed = seed
+        self.profile = profile
+        rng = random.Random(seed)
+        self.scale = rng.uniform(0.6, 1.4)
+        self.flow_m3h = profile.peak_kw * self.scale / (WATER_KWH_PER_M3K * profile.design_dt_k)
+        self.energy_kwh = rng.uniform(1000.0, 200000.0) if initial_kwh is None else initial_kwh
+        self.settlement_kwh = max(0.0, self.energy_kwh - rng.uniform(100.0, 3000.0) * self.scale)
+        self.volume_m3 = rng.uniform(100.0, 50000.0)
+        self.hours = rng.uniform(100.0, 20000.0)
+
+    def values_at(self, t: float) -> HeatValues:
+        k = math.floor(t / STEP_S)
+        p = self.profile
+        local = datetime.fromtimestamp(k * STEP_S, self.tz)
+        if p.building_type is None:
+            day = 1.0
+        else:  # a cooling load follows the working day, a heating load the cold hours
+            day = shape(MeterKind.ELECTRICITY if p.cooling else MeterKind.HEAT, p.building_type, local)
+        power = max(0.0, p.peak_kw * day * self.scale * (1.0 + p.noise * (2.0 * unit_hash(self.seed, k, 6) - 1.0)))
+        dt_k = power / (WATER_KWH_PER_M3K * self.flow_m3h)
+        supply = p.supply_c + 0.5 * (2.0 * unit_hash(self.seed, k, 7) - 1.0)
+        return HeatValues(power, self.flow_m3h, supply, supply + dt_k if p.cooling else supply - dt_k)
+
+    def _accumulate(self, k: int, dt: float) -> None:
+        self.energy_kwh += self.values_at(k * STEP_S).power_kw * dt / 3600.0
+        self.volume_m3 += self.flow_m3h * dt / 3600.0
+        self.hours += dt / 3600.0
+
+    def _settle(self) -> None:
+        self.settlement_kwh = self.energy_kwh
+
+    def set_energy(self, kwh: float) -> None:
+        with self.lock:
+            self.advance()
+            self.energy_kwh = kwh
+
+    def reset_counters(self) -> None:
+        with self.lock:
+            self.advance()
+            self.energy_kwh = self.settlement_kwh = self.volume_m3 = self.hours = 0.0

@@ -18,6 +18,8 @@ meters:
 
 Anything else on a meter entry is passed to the meter's constructor (``phases``, ``preamble``,
 ``max_data_len``, ``meter_type``, ``unit`` (unit code), ``status_layout``, ``initial_kwh``...).
+A ``cjt188`` entry with ``meter_type: 0x20`` (heat), ``0x21`` (cooling) or ``0x22`` is a heat meter
+(:class:`~firmware_sim.serial.cjt188_heat_meter.Cjt188HeatMeter`); ``0x30`` is a gas meter.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from firmware_sim.serial.bus import PARITY_BITS, SimBus
+from firmware_sim.serial.cjt188_heat_meter import HEAT_TYPES, Cjt188HeatMeter
 from firmware_sim.serial.cjt188_meter import Cjt188Meter
 from firmware_sim.serial.clock import SimClock
 from firmware_sim.serial.dlt645_meter import Dlt645Meter
@@ -149,6 +152,8 @@ def build_meters(spec: BusSpec) -> list[SerialMeter]:
     for index, m in enumerate(spec.meters):
         cls = PROTOCOLS[m.protocol]
         options = dict(m.model_extra or {})
+        if m.protocol == "cjt188" and options.get("meter_type") in HEAT_TYPES:
+            cls = Cjt188HeatMeter  # the 46-byte heat-meter layout
         if m.protocol == "modbus":
             options.pop("unit", None)
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "address"}

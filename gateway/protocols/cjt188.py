@@ -40,6 +40,19 @@ METER_TYPE_NAMES = {
     "gas": 0x30,
 }
 HEAT_TYPES = frozenset({0x20, 0x21, 0x22})
+GAS_TYPES = frozenset({0x30})
+WATER_TYPES = frozenset({0x10, 0x11, 0x12, 0x13})
+
+
+def carrier(meter_type: int) -> str:
+    """What a meter type measures, as a campusmon meter kind: water, gas or heat."""
+    if meter_type in HEAT_TYPES:
+        return "heat"
+    if meter_type in GAS_TYPES:
+        return "gas"
+    if meter_type in WATER_TYPES:
+        return "water"
+    raise ValueError(f"CJ/T 188 meter type {meter_type:02X}H is not a water, gas or heat meter")
 
 DIRECTION = 0x80
 ABNORMAL = 0x40

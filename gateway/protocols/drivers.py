@@ -148,7 +148,7 @@ def dlt645_time_sync(when: datetime, preamble: int = 4) -> Request:
 
 
 class Cjt188Driver:
-    """Reads 901F (current metering data) from a water, gas or heat meter."""
+    """Reads 901F (current metering data) from a water, gas or heat meter, as that kind's quantities."""
 
     protocol = "cjt188"
 
@@ -165,6 +165,8 @@ class Cjt188Driver:
         try:
             self.address = cjt188.normalize_address(address)
             self.meter_type = cjt188.meter_type_code(meter_type)
+            if self.meter_type != cjt188.WILDCARD_TYPE:
+                self.kind = cjt188.carrier(self.meter_type)
         except ValueError as exc:
             raise DriverConfigError(f"meter {meter_id}: {exc}") from None
         if self.address == cjt188.WILDCARD or self.meter_type == cjt188.WILDCARD_TYPE:
@@ -187,16 +189,52 @@ class Cjt188Driver:
         if not _address_matches(self.address, frame.address):
             raise FrameError("address", f"reply from meter {frame.address}, expected {self.address}")
         data = cjt188.decode_meter_data(frame, self.model)
+        if self.kind == "heat":
+            return Decoded(self._heat(data))
+        if self.kind == "gas" and data.heat:
+            raise FrameError("unexpected", f"gas meter {self.address} sent the 46-byte heat-meter layout")
         values: dict[str, float] = {}
-        flow = data.current_flow
-        if flow is not None and flow.value is not None:
-            if flow.canonical_unit != "m3" or flow.canonical is None:
-                raise FrameError("unexpected", f"meter {self.address} reports its volume in {flow.unit}")
-            values["volume_m3"] = flow.canonical
+        volume = self._volume(data.current_flow)
+        if volume is not None:
+            values["gas_volume_m3" if self.kind == "gas" else "volume_m3"] = volume
         rate = data.heat.get("flow_rate")
         if isinstance(rate, cjt188.Measure) and rate.canonical is not None and rate.canonical_unit == "m3/h":
             values["flow_m3h"] = rate.canonical
         return Decoded(values)
+
+    def _volume(self, flow: cjt188.Measure | None) -> float | None:
+        """A cumulative volume in m3; a register in any other unit is refused, not guessed."""
+        if flow is None or flow.value is None:
+            return None
+        if flow.canonical_unit != "m3" or flow.canonical is None:
+            raise FrameError("unexpected", f"meter {self.address} reports its volume in {flow.unit}")
+        return flow.canonical
+
+    def _heat(self, data: cjt188.MeterData) -> dict[str, float]:
+        """Heat (20H), cooling (21H) and combined (22H) meters: the current thermal-energy register and
+        the values beside it. The settlement-day register is not a reading of now, so it is left out."""
+        if not data.heat:
+            raise FrameError("unexpected", f"heat meter {self.address} sent the 22-byte water/gas layout")
+        values: dict[str, float] = {}
+        energy = data.heat.get("current_heat")
+        if isinstance(energy, cjt188.Measure) and energy.value is not None:
+            if energy.canonical_unit != "kWh" or energy.canonical is None:
+                raise FrameError("unexpected", f"heat meter {self.address} reports its energy in {energy.unit}")
+            values["heat_energy_kwh"] = energy.canonical
+        power = data.heat.get("heat_power")
+        if isinstance(power, cjt188.Measure) and power.canonical is not None and power.canonical_unit == "kW":
+            values["heat_power_w"] = round(power.canonical * 1000.0, 6)
+        rate = data.heat.get("flow_rate")
+        if isinstance(rate, cjt188.Measure) and rate.canonical is not None and rate.canonical_unit == "m3/h":
+            values["heat_flow_m3h"] = rate.canonical
+        volume = self._volume(data.current_flow)
+        if volume is not None:
+            values["heat_volume_m3"] = volume
+        for name in ("supply_temp_c", "return_temp_c"):
+            t = data.heat.get(name)
+            if isinstance(t, float | int):
+                values[name] = float(t)
+        return values
 
 
 def cjt188_model(options: Mapping[str, Any], meter_id: str) -> cjt188.Cjt188Model:

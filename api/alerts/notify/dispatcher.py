@@ -1,9 +1,13 @@
 """Delivers pending notifications with exponential back-off; failures stay in the table, visible.
 
 Deliveries are rows written in the same transaction as their event, so whichever process raised
-an alert, the dispatcher (run by the API's scheduler) finds and sends it. Per channel, events go
-out in order: a delivery waiting for its retry holds back the later ones of that channel, and only
-those: channels are queued separately and served in turn.
+an alert, the dispatcher (run by a worker, or by the API's scheduler) finds and sends it.
+Delivery is at least once: a worker killed between a receiver's 200 and its own record is
+followed by one that sends again, with the same ``X-Campusmon-Delivery`` id for the receiver to
+drop the repeat (docs/deployment.md).
+
+Per channel, events go out in order: a delivery waiting for its retry holds back the later ones of
+that channel, and only those: channels are queued separately and served in turn.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from email.message import EmailMessage
 from typing import Any
 
@@ -66,19 +70,30 @@ class Dispatcher:
         base = self.acfg.settings.public_url.rstrip("/")
         return f"{base}/api/v1/alerts/{alert_id}" if base else None
 
-    def run_once(self, limit: int = 200) -> int:
+    def run_once(
+        self,
+        limit: int = 200,
+        channels: Collection[str] | None = None,
+        exclude: Collection[str] = (),
+        still_mine: Callable[[str], bool] | None = None,
+    ) -> int:
         """Send what is due; returns how many were delivered in this run.
 
         Each channel has its own queue: up to ``limit`` of its oldest pending deliveries, sent in
         order and taken in turn with the other channels', so a dead receiver with a long backlog
-        holds back only its own channel, never the others.
+        holds back only its own channel, never the others. Several workers split the channels
+        (``channels``/``exclude``); ``still_mine(channel)`` is asked before every send, so a worker
+        whose lease lapsed stops sending at once rather than racing the one that took it over.
         """
         with self._lock:
             now = self.clock()
             with self.sessions() as s:
-                channels = sorted(
-                    s.scalars(select(Delivery.channel).where(Delivery.status == "pending").distinct())
-                )
+                q = select(Delivery.channel).where(Delivery.status == "pending").distinct()
+                if channels is not None:
+                    q = q.where(Delivery.channel.in_(list(channels)))
+                if exclude:
+                    q = q.where(Delivery.channel.not_in(list(exclude)))
+                channels = sorted(s.scalars(q))
                 queues: dict[str, list[Delivery]] = {}
                 for ch in channels:
                     q = list(
@@ -103,6 +118,9 @@ class Dispatcher:
                     q = queues[ch]
                     d = q[turn]
                     if d.next_attempt_at > now:  # waiting for its retry: the later ones wait too
+                        del queues[ch]
+                        continue
+                    if still_mine is not None and not still_mine(ch):
                         del queues[ch]
                         continue
                     ev = events.get(d.event_id)

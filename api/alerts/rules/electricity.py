@@ -154,18 +154,20 @@ def after_hours_reference(
     """
     key = (
         "ahref",
-        i,
         p.reference_days,
         p.min_reference_days,
         p.base_history_days,
         p.min_base_hours,
         tuple(sorted(tainted)),
     )
-    if key in s.memo:
-        return s.memo[key]  # type: ignore[return-value]
-    ref = _after_hours_reference(s, i, p, tainted)
-    s.memo[key] = ref
-    return ref
+    by_hour = s.memo.get(key)
+    if by_hour is None:
+        by_hour = s.memo[key] = {}
+    assert isinstance(by_hour, dict)
+    ref = by_hour.get(i)
+    if ref is None:
+        ref = by_hour[i] = _after_hours_reference(s, i, p, tainted)
+    return ref  # type: ignore[no-any-return]
 
 
 def _after_hours_reference(

@@ -291,9 +291,13 @@ def usually_used(s: MeterSeries, i: int, before: int, p: StuckParams) -> bool | 
     Only hours before ``before`` (the start of the run) count. Holidays and vacations with too few
     days of their own are compared with every resting kind of day. None = not enough days to say.
     """
-    key = ("usual", i, before, p.history_days, p.min_reference_days, p.usual_share, p.epsilon)
-    if key in s.memo:
-        return s.memo[key]  # type: ignore[return-value]
+    key = ("usual", p.history_days, p.min_reference_days, p.usual_share, p.epsilon)
+    by_hour = s.memo.get(key)
+    if by_hour is None:
+        by_hour = s.memo[key] = {}
+    assert isinstance(by_hour, dict)
+    if (i, before) in by_hour:
+        return by_hour[(i, before)]  # type: ignore[no-any-return]
     tl = s.timeline
     hour, kind = tl.local[i].hour, tl.day_kinds[i]
 
@@ -312,7 +316,7 @@ def usually_used(s: MeterSeries, i: int, before: int, p: StuckParams) -> bool | 
     if len(v) < p.min_reference_days and kind in REST_KINDS:
         v = votes(REST_KINDS)
     res = None if len(v) < p.min_reference_days else sum(v) >= p.usual_share * len(v)
-    s.memo[key] = res
+    by_hour[(i, before)] = res
     return res
 
 

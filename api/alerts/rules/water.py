@@ -37,18 +37,27 @@ def night_flows(
     s: MeterSeries, upto: int, start_hour: int, end_hour: int
 ) -> list[tuple[int, int, float | None]]:
     """(first hour index, end index, minimum hourly flow) of every complete night window before ``upto``."""
-    key = ("mnf", upto, start_hour, end_hour)
+    # One entry per night window, kept for the latest ``upto`` only: the complete days' nights are
+    # reused when ``upto`` moves on (they depend on earlier hours only), so memory stays flat.
+    key = ("mnf", start_hour, end_hour)
     hit = s.memo.get(key)
-    if hit is not None:
-        return hit  # type: ignore[return-value]
+    if hit is not None and hit[0] == upto:  # type: ignore[index]
+        return hit[2]  # type: ignore[index, no-any-return]
     tl = s.timeline
+    days = tl.day_ranges(upto)
     out: list[tuple[int, int, float | None]] = []
-    for _day, a, b in tl.day_ranges(upto):
+    done = 0
+    if hit is not None and hit[0] < upto:  # type: ignore[index]
+        prev_days, prev_out = hit[1]  # type: ignore[index]
+        if days[: len(prev_days)] == prev_days:
+            done, out = len(prev_days), list(prev_out)
+    for _day, a, b in days[done:]:
         idx = [i for i in range(a, b) if start_hour <= tl.local[i].hour < end_hour]
         if not idx:
             continue
         vals = [s.used[i] for i in idx if s.known[i]]
         out.append((idx[0], idx[-1] + 1, min(vals) if len(vals) == len(idx) else None))
+    complete = (days, list(out))
     # The night window of the current day can be complete before the day is.
     if upto:
         a = upto - 1
@@ -59,7 +68,7 @@ def night_flows(
             if idx and tl.local[idx[-1]].hour == end_hour - 1:
                 vals = [s.used[i] for i in idx if s.known[i]]
                 out.append((idx[0], idx[-1] + 1, min(vals) if len(vals) == len(idx) else None))
-    s.memo[key] = out
+    s.memo[key] = (upto, complete, out)
     return out
 
 
