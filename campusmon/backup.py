@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sqlite3
 import subprocess
 import time
@@ -60,19 +61,28 @@ def _pg_args(url: str) -> tuple[list[str], dict[str, str]]:
     return args + ["-d", u.database or "postgres"], env
 
 
-def _influx_check(cfg: CampusConfig) -> None:
+def _influx_check(cfg: CampusConfig, what: str) -> None:
+    """Fail fast: ``influxd backup`` retries an unreachable RPC address for about four minutes."""
     if cfg.influxdb.backend != "v1":
         raise BackupError(
             "campusmon backup covers InfluxDB 1.x; for the v2 back-end use the server's own tool "
             "(influx backup, or vmbackup for VictoriaMetrics): docs/deployment.md"
         )
+    host, _, port = cfg.influxdb.rpc_address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise BackupError(
+            f"{what} failed: nothing answers on influxdb.rpc_address {cfg.influxdb.rpc_address} ({e}); "
+            "InfluxDB's RPC service is its bind-address setting (default 127.0.0.1:8088)"
+        ) from None
 
 
 def backup(
     cfg: CampusConfig, out: Path, config_file: Path | None = None, progress: Progress = print
 ) -> dict[str, Any]:
     """Write a complete backup folder; refuses to write into a non-empty one."""
-    _influx_check(cfg)
+    _influx_check(cfg, "influxd backup")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise BackupError(f"{out} is not empty; give a new folder")
@@ -136,7 +146,7 @@ def restore(cfg: CampusConfig, src: Path, progress: Progress = print) -> dict[st
     InfluxDB restores only into a database that does not exist, so the current one is dropped first;
     stop the collectors, the API and the workers before restoring.
     """
-    _influx_check(cfg)
+    _influx_check(cfg, "influxd restore")
     src = Path(src)
     try:
         manifest = json.loads((src / "manifest.json").read_text())

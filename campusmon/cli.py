@@ -47,7 +47,7 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="campus.y
 
 
 # Libraries that log every HTTP request or job run at INFO; at INFO the log is an operator's log.
-QUIET_LOGGERS = ("httpx", "httpcore", "apscheduler", "urllib3", "uvicorn.access")
+QUIET_LOGGERS = ("httpx", "httpcore", "apscheduler", "urllib3", "uvicorn.access", "alembic")
 
 
 def _setup_logging(level: str | None = None) -> None:

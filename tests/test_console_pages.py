@@ -132,22 +132,15 @@ def test_every_page_renders_for_an_operator(operator, path):
             "/console/",
             "/console/buildings",
             "/console/alerts",
-            "/console/targets",
-            "/console/reports",
         ):
             assert f'href="{href}"' in r.text, href
-        assert 'href="/console/admin"' not in r.text  # admin only
         assert "/console/lang?lang=zh" in r.text  # the switch is on every page
 
 
-def test_admin_nav_and_viewer_refusals(campus):
-    admin = login(campus[0], "boss")
-    assert 'href="/console/admin"' in admin.get("/console/").text
+def test_a_viewers_forged_write_is_refused(campus):
     viewer = login(campus[0], "view")
     page = viewer.get("/console/")
-    assert page.status_code == 200 and 'href="/console/admin"' not in page.text
-    r = viewer.get("/console/admin", follow_redirects=False)
-    assert r.status_code == 403, r.status_code  # the admin page refuses a viewer
+    assert page.status_code == 200
     csrf = viewer.cookies.get("campusmon_csrf")
     forged = viewer.post("/api/v1/targets", json=QUOTA, headers={"X-CSRF-Token": csrf})
     assert forged.status_code == 403

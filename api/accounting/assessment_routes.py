@@ -18,7 +18,7 @@ from api.accounting.routes import _cfg, _influx_errors, _session, _settings, _st
 from api.accounting.units import amount, floor_area, occupants, readings, term_meters, unit_terms
 from api.auth import actor
 from api.deps import ID_PATTERN, errors
-from api.timeparse import MONTH_PATTERN
+from api.timeparse import DATE_PATTERN, MONTH_PATTERN
 from campusmon.config import ConfigError
 from campusmon.db import AssessmentOverride
 from campusmon.factors import FUELS, METERED, NATIVE_UNIT
@@ -184,7 +184,7 @@ class OverrideBody(BaseModel):
     reason: str = Field(min_length=5, max_length=2000, description="why the figures can be judged anyway")
 
 
-@router.post("/api/v1/assessment/overrides", status_code=201, responses=errors(404, 409, e404="unknown unit"))
+@router.post("/api/v1/assessment/overrides", status_code=201, responses=errors(400, 404, 409, e404="unknown unit"))
 def add_override(request: Request, body: OverrideBody) -> dict[str, Any]:
     """Judge a unit under the completeness line anyway; the reason and the assessor are recorded."""
     if _cfg(request).unit(body.unit) is None:
@@ -230,7 +230,7 @@ class FuelBody(BaseModel):
     note: str = Field(default="", max_length=2000)
 
 
-@router.post("/api/v1/fuel", status_code=201, responses=errors(409, e409="the receipt is already entered"))
+@router.post("/api/v1/fuel", status_code=201, responses=errors(400, 409, e409="the receipt is already entered"))
 def add_fuel(request: Request, body: FuelBody) -> dict[str, Any]:
     """Enter one delivery or stock-taking; refused with the field and the problem when it does not fit."""
     cfg, acc = _cfg(request), _settings(request)
@@ -248,11 +248,13 @@ def add_fuel(request: Request, body: FuelBody) -> dict[str, Any]:
 def list_fuel(
     request: Request,
     fuel_name: str | None = Query(None, alias="fuel", pattern="^(coal|diesel|petrol|lpg)$"),
-    start: date | None = None,
-    end: date | None = Query(None, description="exclusive"),
+    start: str | None = Query(None, pattern=DATE_PATTERN, description="YYYY-MM-DD"),
+    end: str | None = Query(None, pattern=DATE_PATTERN, description="YYYY-MM-DD, exclusive"),
 ) -> dict[str, Any]:
+    first = date.fromisoformat(start) if start else None
+    last = date.fromisoformat(end) if end else None
     with _session(request) as s:
-        return {"entries": [fuel.as_dict(r) for r in fuel.entries(s, fuel_name, start, end)], "fuels": list(FUELS)}
+        return {"entries": [fuel.as_dict(r) for r in fuel.entries(s, fuel_name, first, last)], "fuels": list(FUELS)}
 
 
 class ManualReading(BaseModel):

@@ -39,10 +39,7 @@ NAV = (
     NavItem("overview", N_("Overview"), PREFIX + "/"),
     NavItem("buildings", N_("Buildings"), PREFIX + "/buildings"),
     NavItem("alerts", N_("Alerts"), PREFIX + "/alerts"),
-    NavItem("targets", N_("Targets"), PREFIX + "/targets"),
-    NavItem("reports", N_("Reports"), PREFIX + "/reports"),
-    NavItem("admin", N_("Admin"), PREFIX + "/admin", role="admin"),
-)
+)  # targets, reports and admin pages are not built yet: the API and the CLI serve them
 ROLE_NAMES = {"viewer": N_("viewer"), "operator": N_("operator"), "admin": N_("admin")}
 
 env = Environment(
