@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := mosquitto influxdb victoria-metrics postgresql python3-venv chromium fonts-noto-cjk systemd
+APT_PACKAGES := mosquitto mosquitto-clients influxdb victoria-metrics postgresql python3-venv chromium fonts-noto-cjk systemd
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test deps venv lint bench soak clean services-up services-down
@@ -11,12 +11,14 @@ STAMP := $(VENV)/.installed
 demo: deps venv ## Start servers, collector, API and a simulated campus (Ctrl-C stops)
 	$(BIN)/campusmon demo -c deploy/campus.yaml
 
-test: deps venv ## Lint, then the whole suite against real Mosquitto and InfluxDB
+COMPOSE_SCHEMA := $(VENV)/share/campusmon-test/docker_compose-1.29.2-py2.py3-none-any.whl
+
+test: deps venv $(COMPOSE_SCHEMA) ## Lint, then the whole suite against real Mosquitto and InfluxDB
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -p no:cacheprovider
 
 deps: ## Debian packages for the local servers (apt-get update first: fresh package lists are empty)
-	@missing=""; for p in mosquitto influxd victoria-metrics; do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing=1; done; \
+	@missing=""; for p in mosquitto mosquitto_sub influxd victoria-metrics; do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing=1; done; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing=1; \
 	command -v chromium >/dev/null || missing=1; command -v systemd-analyze >/dev/null || missing=1; \
 	fc-list 2>/dev/null | grep -qi 'Noto Sans CJK' || missing=1; \
@@ -35,11 +37,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The Compose Specification schema the compose file is checked against ships inside this wheel;
+# the package itself is not installed (its pins conflict with ours).
+$(COMPOSE_SCHEMA): | venv
+	$(BIN)/pip download -q --no-deps --only-binary=:all: -d $(VENV)/share/campusmon-test docker-compose==1.29.2
+
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: deps venv ## Ingest, bus, query and alert benchmarks (numbers in README)
-	for b in ingest parse bus gateway_mem query alerts protocols; do $(BIN)/python bench/$$b.py || exit 1; done
+bench: deps venv ## Ingest, bus, query, alert, rollup, console and auth benchmarks (numbers in README; bench/sizing.py and soak run apart)
+	for b in ingest parse bus gateway_mem query alerts rollups console auth protocols; do $(BIN)/python bench/$$b.py || exit 1; done
 
 soak: deps venv ## Every fault scaled down, about 7 min (root: a tmpfs for the outbox); --minutes 48 for the full run
 	$(BIN)/python bench/soak.py --minutes 6

@@ -6,7 +6,11 @@
 2. One window-rule pass over 1,000 meters with 35 days of 15-minute readings (in memory), split into
    preparing the hourly series and running the rules. Baseline in the same run: the consumption
    policy alone (``api.accounting.consumption.derive``) over the same readings; plus the InfluxDB
-   read of one day of those meters.
+   read of one day of those meters. Then the incremental engine (``api.alerts.engine``): a full
+   pass, and a pass after 5 minutes of new readings (``incremental/full pass: R``, goal <= 0.05;
+   ``full pass / consumption policy alone: Q``, goal <= 1.0).
+3. Backtest memory: peak RSS of a backtest of ``--backtest-meters`` x ``--backtest-days`` days read
+   from InfluxDB, streamed by day (the engine) and held whole (``full=True``), each in its own process.
 
 Run: ``.venv/bin/python bench/alerts.py [--trials 100] [--meters 1000]``.
 """
@@ -250,6 +254,34 @@ def window_pass(n_meters: int, work: Path) -> dict[str, float]:
     window_findings(acfg, ctx2, store.state)
     rules2 = time.perf_counter() - t0
     del children_of
+    # The incremental engine (api.alerts.engine), as the live evaluator runs it: a full pass folds
+    # the whole look-back into its hour book and judges every rule; the next pass, 5 minutes later,
+    # folds the readings of those 5 minutes and judges again, reusing what did not change.
+    from api.alerts.engine import HourBook, RuleCache
+
+    t0 = time.perf_counter()
+    tl2 = Timeline.build(start, now, cfg.site.tz, cal)
+    book = HourBook(cfg, tl2, cal)
+    book.feed(points)
+    cache = RuleCache()
+    store2 = AlertStore(cfg, acfg, sessions)
+    store2.apply(
+        window_findings(acfg, context_at(cfg, tl2, book.series, now, 960, []), store2.state, None, cache)
+    )
+    full_inc = time.perf_counter() - t0
+    later = now + 300
+    fresh: dict[str, list[tuple[int, float]]] = {}
+    for k, sm in enumerate(sims):
+        t = now + 300 * (1 + k % 3) - 300  # a third of the meters read in any 5 minutes
+        if now < t <= later:
+            fresh[sm.id] = [(t, sm.readings(t)[0].value)]
+    t0 = time.perf_counter()
+    book.grow(later)
+    book.feed(fresh)
+    store2.apply(
+        window_findings(acfg, context_at(cfg, tl2, book.series, later, 960, []), store2.state, None, cache)
+    )
+    step = time.perf_counter() - t0
     return {
         "meters": n_meters,
         "days": days,
@@ -263,7 +295,91 @@ def window_pass(n_meters: int, work: Path) -> dict[str, float]:
         "findings": len(findings),
         "pass_total_s": round(prep + rules + apply_s, 3),
         "ratio_pass_vs_policy": round((prep + rules + apply_s) / policy, 2),
+        "engine_full_pass_s": round(full_inc, 3),
+        "engine_pass_after_5_min_s": round(step, 4),
+        "incremental_vs_full": round(step / full_inc, 4),
+        "engine_full_pass_vs_policy": round(full_inc / policy, 2),
     }
+
+
+BACKTEST_CHILD = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from api.alerts.backtest import backtest
+from campusmon.config import parse_config
+from campusmon.influx import open_store
+cfg = parse_config(json.loads(sys.argv[2]), "bench", environ={})
+import api.app  # noqa: F401  (what a running system has loaded: the baseline below)
+def hwm():  # peak RSS of this process image (ru_maxrss would count the parent's pages at fork)
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")) / 1024
+base = hwm()
+t0 = time.perf_counter()
+res = backtest(cfg, open_store(cfg), int(sys.argv[3]), int(sys.argv[4]), step_s=900, full=sys.argv[5] == "full")
+print(json.dumps({"alerts": len(res.alerts), "readings": res.readings, "seconds": round(time.perf_counter() - t0, 1),
+                  "peak_rss_mb": round(hwm(), 1),
+                  "rss_after_imports_mb": round(base, 1)}))
+"""
+
+
+def backtest_memory(n_meters: int, days: int, work: Path, modes: list[str]) -> dict[str, object]:
+    """Peak RSS of a backtest over ``days`` of 15-minute readings, streamed and held whole (``full``)."""
+    from campusmon.influx import open_store
+    from firmware_sim.profiles import sim_meters_for
+
+    influx = InfluxDB(work / "influx3", free_port()).start()
+    try:
+        n_b = max(1, n_meters // 20)
+        types = ["dorm", "classroom", "office", "lab", "library", "canteen"]
+        data = {
+            "buildings": [{"id": f"b{i}", "type": types[i % len(types)]} for i in range(n_b)],
+            "meters": [
+                {"id": f"m{i}", "building": f"b{i % n_b}", "kind": "electricity" if i % 2 else "water"}
+                for i in range(n_meters)
+            ],
+            "influxdb": {"url": f"http://127.0.0.1:{influx.port}", "database": "bt", "timeout_s": 300},
+            "database": {"url": f"sqlite:///{work}/bt.sqlite"},
+        }
+        cfg = parse_config(data, "bench", environ={})
+        store = open_store(cfg)
+        store.ensure_database()
+        end = int(time.time()) // 86400 * 86400
+        start = end - days * 86400
+        sims = sim_meters_for(cfg, 3)
+        batch = []
+        n = 0
+        for t in range(start, end, 900):
+            for sm in sims:
+                batch.extend(sm.readings(t))
+            if len(batch) >= 50_000:
+                store.write(batch)
+                n += len(batch)
+                batch = []
+        store.write(batch)
+        n += len(batch)
+        store.close()
+        out: dict[str, object] = {"meters": n_meters, "days": days, "readings_stored": n}
+        for mode in modes:
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    BACKTEST_CHILD,
+                    str(ROOT),
+                    json.dumps(data),
+                    str(start + 86400),
+                    str(end),
+                    mode,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
+            out[mode] = (
+                json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else r.stderr[-500:]
+            )
+    finally:
+        influx.stop()
+    return out
 
 
 def influx_fetch(n_meters: int, work: Path) -> dict[str, float]:
@@ -308,6 +424,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--meters", type=int, default=1000)
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--backtest-meters", type=int, default=1000)
+    ap.add_argument("--backtest-days", type=int, default=35)
+    ap.add_argument("--backtest-modes", default="stream,full", help="stream (the engine), full (held whole)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-alerts-") as d:
         work = Path(d)
@@ -315,10 +434,29 @@ def main() -> None:
         if not args.skip_latency:
             out["instant_latency"] = instant_latency(args.trials, work)
             print(json.dumps(out["instant_latency"], indent=2), flush=True)
-        out["window_pass"] = window_pass(args.meters, work)
-        print(json.dumps(out["window_pass"], indent=2), flush=True)
-        out["influx_fetch"] = influx_fetch(args.meters, work)
-        print(json.dumps(out["influx_fetch"], indent=2), flush=True)
+        if args.meters > 0:
+            out["window_pass"] = wp = window_pass(args.meters, work)
+            print(json.dumps(out["window_pass"], indent=2), flush=True)
+            print(f"incremental/full pass: {wp['incremental_vs_full']:.4f} (goal <= 0.05)")
+            print(
+                f"full pass / consumption policy alone: {wp['engine_full_pass_vs_policy']:.2f} (goal <= 1.0)"
+            )
+        if args.backtest_meters > 0:
+            modes = [m for m in args.backtest_modes.split(",") if m in ("stream", "full")]
+            out["backtest_memory"] = bm = backtest_memory(
+                args.backtest_meters, args.backtest_days, work, modes
+            )
+            print(json.dumps(bm, indent=2), flush=True)
+            if isinstance(bm.get("stream"), dict):
+                print(
+                    f"backtest peak RSS, {args.backtest_meters} meters x {args.backtest_days} days: "
+                    f"{bm['stream']['peak_rss_mb']} MB streamed (goal <= 150 MB), of which "
+                    f"{bm['stream']['rss_after_imports_mb']} MB is the process with its libraries loaded; "
+                    f"held whole: {bm['full']['peak_rss_mb'] if isinstance(bm.get('full'), dict) else '-'} MB"
+                )
+        if args.meters > 0:
+            out["influx_fetch"] = influx_fetch(args.meters, work)
+            print(json.dumps(out["influx_fetch"], indent=2), flush=True)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from campusmon.config import CampusConfig
+from campusmon.influx import QueryError, open_store
 
 FORMAT = 1
 Progress = Callable[[str], None]
@@ -78,6 +79,32 @@ def _influx_check(cfg: CampusConfig, what: str) -> None:
         ) from None
 
 
+def _measurements(cfg: CampusConfig) -> list[str]:
+
+    store = open_store(cfg)
+    try:
+        series = store.query(f'SHOW MEASUREMENTS ON "{cfg.influxdb.database}"')
+    finally:
+        store.close()
+    return sorted(v[0] for s in series for v in s.get("values") or [])
+
+
+def _await_measurements(cfg: CampusConfig, expected: list[str], timeout_s: float = 60.0) -> None:
+    """``influxd restore`` returns before the server has opened every shard it imported; the roles
+    must not start against a half-visible database, so wait until the backup's measurements answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            missing = sorted(set(expected) - set(_measurements(cfg)))
+        except QueryError as e:  # the database itself is not there yet
+            missing = [str(e)]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise BackupError(f"influxd restore: measurements {missing} not visible after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
 def backup(
     cfg: CampusConfig, out: Path, config_file: Path | None = None, progress: Progress = print
 ) -> dict[str, Any]:
@@ -103,6 +130,7 @@ def backup(
         ],
         "influxd backup",
     )
+    measurements = _measurements(cfg)
     url = cfg.database.url
     from campusmon.db import make_engine
     from campusmon.migrate import current
@@ -131,7 +159,7 @@ def backup(
     manifest = {
         "format": FORMAT,
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "influxdb": {"database": db, "folder": "influxdb"},
+        "influxdb": {"database": db, "folder": "influxdb", "measurements": measurements},
         "relational": {"kind": kind, "file": rel, "schema_revision": revision},
         "config": sorted(p.name for p in (out / "config").iterdir()),
     }
@@ -155,8 +183,6 @@ def restore(cfg: CampusConfig, src: Path, progress: Progress = print) -> dict[st
     if manifest.get("format") != FORMAT:
         raise BackupError(f"backup format {manifest.get('format')} is not {FORMAT}")
     db = cfg.influxdb.database
-    from campusmon.influx import open_store
-
     progress(f"[1/2] InfluxDB: dropping {db}, restoring {manifest['influxdb']['database']} into it")
     store = open_store(cfg)
     try:
@@ -178,6 +204,7 @@ def restore(cfg: CampusConfig, src: Path, progress: Progress = print) -> dict[st
         ],
         "influxd restore",
     )
+    _await_measurements(cfg, manifest["influxdb"].get("measurements", []))
     rel = manifest["relational"]
     kind = make_url(cfg.database.url).get_backend_name()
     if kind != rel["kind"]:

@@ -13,9 +13,10 @@ Nothing is lost while the link is down because the bridge keeps a persistent ses
 sides (``cleansession false``, ``local_cleansession false``), the campus broker queues without a
 cap (``max_queued_messages 0``) and persists its queue (``persistence true`` with a 1 s autosave,
 written by :class:`campusmon.services.Mosquitto`). A message sent twice is stored once: a reading
-is keyed by (meter, quantity, ts) in InfluxDB. Mosquitto 2.0.11 does not send again the QoS 1
-messages in flight when a link breaks (up to ``max_inflight_messages`` per break): measured, and
-documented in docs/deployment.md, "Campuses joined by bridges".
+is keyed by (meter, quantity, ts) in InfluxDB. The file also lifts the campus broker's cap on
+messages in flight (``max_inflight_messages 0``): with the cap, Mosquitto 2.0.11 leaves a block of
+queued readings unsent after failed reconnect attempts (docs/deployment.md, "Campuses joined by
+bridges").
 """
 
 from __future__ import annotations
@@ -99,6 +100,12 @@ def render(spec: BridgeSpec) -> str:
         "# QoS 0 readings are kept for the bridge while the link is down, like QoS 1 ones (a global",
         "# option: it also queues QoS 0 for other persistent sessions on this broker).",
         f"queue_qos0_messages {'true' if spec.queue_qos0 else 'false'}",
+        "",
+        "# No cap on the messages in flight to a client (a global option). With the default cap (20),",
+        "# Mosquitto 2.0.11 moves queued readings into flight at each reconnect attempt of the bridge",
+        "# and, once more than the cap are in flight, never sends a block of them: readings are lost",
+        "# when the link fails to come back at the first attempt (measured; tests/test_bridge.py).",
+        "max_inflight_messages 0",
         "",
         f"connection campusmon-{campus}",
         f"address {host}:{spec.port}",

@@ -65,11 +65,13 @@ def config_or_exit(path: Path | None) -> CampusConfig:
     try:
         cfg = load_config(path)
         source = str(path or os.environ.get("CAMPUSMON_CONFIG") or "campus.yaml")
+        from api.accounting.assessment import assessment_settings
         from api.accounting.settings import parse_accounting
         from api.alerts.config import parse_alerts
 
         parse_accounting(cfg, source)
         parse_alerts(cfg, source)
+        assessment_settings(cfg, source)
         return cfg
     except ConfigError as e:
         typer.secho(f"configuration error:\n{e}", err=True, fg="red")
@@ -516,6 +518,9 @@ def _mount_optional() -> None:
     from campusmon.worker_cli import worker
 
     app.command("worker")(worker)
+    from campusmon.rollups_cli import rollups_app
+
+    app.add_typer(rollups_app, name="rollups")
 
 
 _mount_optional()

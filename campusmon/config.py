@@ -139,7 +139,7 @@ class Influx(_Model):
         default=5_000_000, gt=0, description="largest write request; bigger batches go as several"
     )
     # Raw readings are kept this long (InfluxDB duration, "INF" for ever); hourly rollups for ever
-    # in their own retention policy (v1) or bucket (v2). Applied by the rollup maintainer (docs/rollups.md).
+    # in their own retention policy (v1) or bucket (v2). Applied by the rollup maintainer (docs/influxdb-schema.md).
     raw_retention: str = Field(default="104w", pattern=r"^(INF|[0-9]+[hdw])$")
     rollup_retention_policy: str = Field(default="forever", min_length=1)
     rollup_bucket: str | None = Field(default=None, description="v2: bucket of the rollups; default bucket")
@@ -148,10 +148,10 @@ class Influx(_Model):
 
 
 class Rollups(_Model):
-    """Hourly consumption rollups (docs/rollups.md)."""
+    """Hourly consumption rollups (docs/consumption.md, section 3a)."""
 
     enabled: bool = Field(default=True, description="readers use rollups where they are up to date")
-    context_s: int = Field(default=6 * 3600, ge=0, description="readings re-read before a late one")
+    context_s: int = Field(default=6 * 3600, ge=0, description="stored readings re-read before a late one")
     recheck_s: int = Field(
         default=3600, ge=60, description="a meter without new-data marks is re-read this often"
     )

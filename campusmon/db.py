@@ -148,7 +148,7 @@ class AssessmentOverride(Base):
 
 
 class RollupWatermark(Base):
-    """How far the hourly rollups of one meter's cumulative quantity are complete (docs/rollups.md).
+    """How far the hourly rollups of one meter's cumulative quantity are complete (docs/consumption.md, "Hourly rollups").
 
     Hours before ``until_ts`` are in ``energy_hourly``; ``resume_ts`` is a reading the next pass
     starts from (a few accepted readings before ``until_ts``, so the policy resumes in the same state);

@@ -90,7 +90,8 @@ def run_demo(config: Path, hours: int, interval: int, data_dir: Path = DEMO_DIR)
             "CAMPUSMON_API__PORT": str(ports["api"]),
             "CAMPUSMON_COLLECTOR__METRICS_PORT": str(ports["collector_metrics"]),
             "CAMPUSMON_DATABASE__URL": f"sqlite:///{data_dir}/campus.sqlite",
-            "CAMPUSMON_SERVICES__DATA_DIR": str(data_dir / "services"),
+            # the servers below live here, so the console's admin page finds the broker's devices
+            "CAMPUSMON_SERVICES__DATA_DIR": str(data_dir),
             "CAMPUSMON_ALERTS__SCHEDULE__INTERVAL_S": "60",  # window rules every minute, so alerts show quickly
         }
     )
@@ -176,7 +177,8 @@ Campus energy monitor demo is running ({len(cfg.buildings)} buildings, {len(cfg.
   latest            {api}/api/v1/meters/{m}/latest
   waste alerts      {api}/api/v1/alerts   (live: {api}/api/v1/alerts/stream, Atom: {api}/api/v1/alerts/feed.atom)
   consumption       {api}/api/v1/consumption?scope=campus&period=hour
-  monthly report    {api}/api/v1/reports/monthly?format=html
+  monthly report    {api}/api/v1/reports/monthly?format=html   (in standard coal: &measure=kgce)
+  annual assessment {api}/api/v1/assessment/annual?format=html   (units: {api}/api/v1/units)
   rejected payloads {api}/api/v1/ingest/rejections
   metrics           API {api}/metrics   collector http://127.0.0.1:{ports["collector_metrics"]}/metrics
                     gateway http://127.0.0.1:{ports["gateway_metrics"]}/metrics
@@ -288,7 +290,9 @@ def demo_logins(cfg: CampusConfig) -> dict[str, str]:
 
 
 def logins_text(logins: dict[str, str], api: str) -> str:
-    lines = ["Logins for the console and the API (every route but /healthz needs one; these change every run):"]
+    lines = [
+        "Logins for the console and the API (every route but /healthz needs one; these change every run):"
+    ]
     for name, role in DEMO_LOGINS:
         lines.append(f"  {role:<17} user {name}  password {logins[name]}  ({api}/console/login)")
     lines.append(f"  operator token    {logins['operator token']}")
@@ -323,9 +327,10 @@ def _wait_stored(
 ) -> None:
     """Until InfluxDB holds a reading of ``meter`` at or after ``since``; a child that dies ends the wait."""
     from campusmon.influx import StoreUnavailable, open_store
+    from campusmon.quantities import REGISTER, MeterKind
 
     m = cfg.meter(meter)
-    field = "energy_kwh" if m is None or m.kind.value == "electricity" else "volume_m3"
+    field = REGISTER[m.kind if m is not None else MeterKind.ELECTRICITY]  # gas and heat have their own
     store = open_store(cfg)
     deadline = time.monotonic() + timeout
     try:

@@ -179,6 +179,12 @@ class EnergyFactors(_Model):
         bad_d = {c: v for c, v in self.density_kg_per_l.items() if not 0.3 < v < 1.5}
         if bad_d:
             raise ValueError(f"density outside 0.3–1.5 kg/L: {bad_d}")
+        if any(o.carrier == "electricity" for o in self.co2):
+            # One source for grid CO2, so the reports' co2_kg column and measure=co2 always agree.
+            raise ValueError(
+                "co2: set electricity CO2 factors in accounting.tariffs.co2_factors (region, year, "
+                "kg_per_kwh, source), not here"
+            )
         seen = set()
         for o in self.co2:
             if (o.carrier, o.year) in seen:

@@ -28,6 +28,7 @@ from campusmon.metrics import (
     READINGS_REJECTED,
     READINGS_STORED,
 )
+from campusmon.quantities import QUANTITIES
 from campusmon.reading import Reading
 from campusmon.wire import (
     DEFAULT_ALIASES,
@@ -147,6 +148,7 @@ class Ingestor:
             for r, why in outcome.rejected:
                 rec = {"meter": r.meter, "quantity": r.quantity, "value": r.value, "ts": r.ts}
                 result.rejected.append((index[id(r)], Rejection(STORE_REJECTED, why, rec)))
+        self._mark_for_rollups(readings, outcome.rejected)
         self._dead_letter(messages, result.rejected)
         if statuses:
             self._gateway_status(statuses)
@@ -162,6 +164,26 @@ class Ingestor:
                     HOOK_ERRORS.labels(self.via).inc()
                     log.exception("reading hook %r failed", hook)
         return result
+
+    def _mark_for_rollups(self, readings: list[Reading], refused: list[tuple[Reading, str]]) -> None:
+        """Tell the hourly rollups (campusmon/rollups.py) which meters got registers, from when.
+
+        Written after the readings are stored and before the batch is acked: a failure here means no
+        ack and a redelivery, so no stored register can be missed by the rollups.
+        """
+        skip = {id(r) for r, _ in refused}
+        marks: dict[str, int] = {}
+        for r in readings:
+            q = QUANTITIES.get(r.quantity)
+            if q is None or not q.cumulative or id(r) in skip:
+                continue
+            t = marks.get(r.meter)
+            if t is None or r.ts < t:
+                marks[r.meter] = int(r.ts)
+        if marks:
+            from campusmon.rollups import mark_dirty
+
+            mark_dirty(self.dead.sessions, marks)
 
     def _dead_letter(self, messages: Sequence[Message], rejected: list[tuple[int, Rejection]]) -> None:
         by_msg: dict[int, list[Rejection]] = {}

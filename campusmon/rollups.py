@@ -3,8 +3,8 @@
 For every meter and every cumulative quantity of its kind, the hourly consumption derived by
 ``api.accounting.consumption`` (rollover, resets, quarantine, gaps, duplicates) is written to the
 InfluxDB measurement ``energy_hourly`` (docs/influxdb-schema.md), one point per local hour of the
-site time zone, with per-hour flags. Readers (accounting, window rules) sum hours instead of
-re-deriving raw registers; they read raw readings only after the watermark (docs/rollups.md).
+site time zone, with per-hour flags. Readers (``api.accounting.rolled``) sum hours instead of
+re-deriving raw registers; they read raw readings only after the watermark (docs/consumption.md).
 
 Incremental upkeep:
 
@@ -13,9 +13,10 @@ Incremental upkeep:
   (``rollup_dirty``, an upsert with min, so several collectors can share the load);
 - a pass extends each due series from ``resume_ts`` (a few accepted readings before the watermark,
   so the policy resumes in exactly the state a full derivation has there), and re-derives a late
-  reading's hours with ``rollups.context_s`` of readings before it. Points are overwritten
-  idempotently (same series and time), and the watermark is committed after the points are stored,
-  so a pass killed at any moment is simply done again.
+  reading's hours from the stored readings just before it (``context_readings``), leaving out those
+  the stored derivation quarantined. Points are overwritten idempotently (same series and time),
+  and the watermark is committed after the points are stored, so a pass killed at any moment is
+  simply done again.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.accounting import periods
-from api.accounting.consumption import Curve, Limits, derive_columns
+from api.accounting.consumption import Curve, Event, Limits, derive_columns
 from campusmon.config import CampusConfig, Influx, Meter
 from campusmon.db import RollupDirty, RollupEvent, RollupWatermark
 from campusmon.influx import InfluxStore, QueryError, _escape_tag, tag_lookup
@@ -49,9 +50,24 @@ LOOKAROUND_S = 62 * 86400
 # A pass resumes this many accepted readings before the watermark: a reset's estimate needs the
 # interval before the break, so three readings make the resumed policy state exact.
 RESUME_POINTS = 3
-# Convergence margin for a late reading: readings of context before the first rewritten hour.
-CONTEXT_POINTS = 3
+# A late reading is re-derived with this many stored readings before it: the policy's decisions
+# about a reading depend on the previous accepted one and the next one only, so readings two or
+# more before the late one keep their fate, and the derivation restarts in the full one's state.
+CONTEXT_READINGS = 10
+
+
+def context_readings(meter: Meter, context_s: int = 2 * 3600) -> int:
+    """Readings of context before a late one: ``context_s`` (at least two hours) of them, so whole
+    hours lie between the restart and the hours the late reading can change."""
+    return max(CONTEXT_READINGS, max(context_s, 2 * 3600) // max(meter.interval_s, 1) + 4)
+
+
 HOD_FIELDS = tuple(f"h{h:02d}" for h in range(24))
+
+
+def _escape_str(v: str) -> str:
+    """A string literal's content in InfluxQL."""
+    return v.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def cumulative_quantities(kind: MeterKind) -> list[str]:
@@ -123,7 +139,9 @@ def ensure_retention(store: InfluxStore, cfg: CampusConfig) -> list[str]:
             problems.append(f"create database: {e}")
         stmts = [f'CREATE RETENTION POLICY "{rp}" ON "{db}" DURATION INF REPLICATION 1']
         if ic.retention_policy and ic.retention_policy != rp:
-            stmts.append(f'ALTER RETENTION POLICY "{ic.retention_policy}" ON "{db}" DURATION {ic.raw_retention}')
+            stmts.append(
+                f'ALTER RETENTION POLICY "{ic.retention_policy}" ON "{db}" DURATION {ic.raw_retention}'
+            )
         for q in stmts:
             try:
                 store.query(q)
@@ -215,6 +233,37 @@ def watermarks(
     return out
 
 
+# The longest InfluxQL text sent in one request (it travels in the URL of a GET).
+MAX_QUERY = 30_000
+
+
+def query_parts(stmts: list[str]) -> list[list[str]]:
+    """Statements grouped into requests whose joined text stays under MAX_QUERY characters."""
+    parts: list[list[str]] = []
+    size = 0
+    for st in stmts:
+        if not parts or size + len(st) + 1 > MAX_QUERY:
+            parts.append([])
+            size = 0
+        parts[-1].append(st)
+        size += len(st) + 1
+    return parts
+
+
+def query_all(store: InfluxStore, stmts: list[str]) -> tuple[list[dict[str, Any]], str | None]:
+    """Every statement's series, in as few requests as a URL carries; with the error's text instead
+    where the database or its rollup retention policy is not there yet (nothing stored so far)."""
+    series: list[dict[str, Any]] = []
+    try:
+        for part in query_parts(stmts):
+            series += store.query(";".join(part), chunked=True)
+    except QueryError as e:
+        if "not found" in str(e):
+            return [], str(e)
+        raise
+    return series, None
+
+
 # --- reading rollups -------------------------------------------------------------------------
 
 
@@ -253,15 +302,12 @@ def read_hourly(
     for i in range(0, len(ids), 1000):
         rx = meter_regex(ids[i : i + 1000])
         stmts.append(
-            f'SELECT {sel} FROM {rollup_source(cfg)} WHERE time >= {t0}s AND time < {t1}s'
+            f"SELECT {sel} FROM {rollup_source(cfg)} WHERE time >= {t0}s AND time < {t1}s"
             f' AND "meter" =~ /^({rx})$/ GROUP BY "meter", "quantity"'
         )
-    try:
-        series = store.query(";".join(stmts), chunked=True)
-    except QueryError as e:
-        if "not found" in str(e):
-            return out
-        raise
+    series, missing = query_all(store, stmts)
+    if missing:
+        return out
     for s in series:
         mid, q = s["tags"].get("meter"), s["tags"].get("quantity")
         if mid not in out or q is None:
@@ -312,9 +358,7 @@ class Derived:
     events: list[RollupEvent]
 
 
-def derive_hours(
-    curve: Curve, meter: Meter, quantity: str, start: int, until: int, tz: Any
-) -> Derived:
+def derive_hours(curve: Curve, meter: Meter, quantity: str, start: int, until: int, tz: Any) -> Derived:
     """Hourly figures of ``curve`` over ``[start, until)`` (local hours of ``tz``)."""
     hours = periods.hour_starts(start, until, tz) if until > start else []
     bounds = hours + [until] if hours else []
@@ -411,6 +455,8 @@ class _Task:
     lookaround: bool = False  # also read the nearest reading before fetch_from
     keep_all: bool = False  # keep readings the group read before fetch_from (more context)
     old_until: int | None = None
+    kept_out: list[Event] = field(default_factory=list)  # context readings stored as quarantined
+    series_start: bool = False  # a late reading's context reaches back to the series' first reading
 
 
 @dataclass(slots=True)
@@ -439,14 +485,16 @@ class RollupMaintainer:
         self.tags = tag_lookup(cfg)
         self.target = write_target(cfg.influxdb)
         self._retention_checked = False
+        self._now = int(time.time())
 
     # -- planning --
 
-    def _plan(self, chosen: list[Meter], now: int) -> tuple[list[_Task], list[_Task], dict[str, tuple[int, int]]]:
+    def _plan(
+        self, chosen: list[Meter], now: int
+    ) -> tuple[list[_Task], list[_Task], dict[str, tuple[int, int]]]:
         ids = [m.id for m in chosen]
         wms = watermarks(self.sessions, ids)
         dirty = dirty_marks(self.sessions, ids)
-        ctx = self.cfg.rollups.context_s
         tasks: list[_Task] = []
         new: list[_Task] = []
         for m in chosen:
@@ -461,25 +509,27 @@ class RollupMaintainer:
                 if w is None or w.grid != self.grid:
                     new.append(_Task(m, q, 0, None))
                     continue
-                seen = w.last_ts if w.last_ts is not None else w.until_ts - 1
                 base = w.resume_ts if w.resume_ts is not None else w.until_ts
+                seen = w.last_ts if w.last_ts is not None else w.until_ts - 1
                 if d is not None and d[0] <= seen:
-                    tasks.append(
-                        _Task(m, q, min(d[0] - ctx, base), None, d[0], True, True, w.until_ts)
-                    )
-                else:
+                    # A reading before the newest one seen: the interval it splits may begin before the
+                    # watermark, so re-derive from a few accepted readings before it.
+                    tasks.append(_Task(m, q, d[0], None, d[0], True, False, w.until_ts))
+                else:  # new readings (or late ones after the watermark): resume where the pass left off
                     tasks.append(_Task(m, q, base, w.until_ts, old_until=w.until_ts))
         return tasks, new, dirty
 
     def _query(self, stmts: list[str]) -> list[dict[str, Any]]:
-        """Statements in one request; each series is tagged with the quantity its statement asked."""
-        try:
-            res = self.store.query(";".join(stmts), chunked=True)
-        except QueryError as e:
-            if "database not found" in str(e):
-                return []
-            raise
-        return res
+        """Statements in as few requests as a URL can carry (a request's query is at most MAX_QUERY chars)."""
+        out: list[dict[str, Any]] = []
+        for part in query_parts(stmts):
+            try:
+                out += self.store.query(";".join(part), chunked=True)
+            except QueryError as e:
+                if "database not found" in str(e):
+                    return []
+                raise
+        return out
 
     # -- the pass --
 
@@ -487,6 +537,7 @@ class RollupMaintainer:
         """Bring the rollups of ``meters`` (default every configured meter) up to date."""
         t_start = time.perf_counter()
         now = int(time.time()) if now is None else int(now)
+        self._now = now
         if not self._retention_checked:
             for p in ensure_retention(self.store, self.cfg):
                 log.warning("rollup retention: %s", p)
@@ -590,24 +641,26 @@ class RollupMaintainer:
         sel = ",".join(f'"{q}"' for q in qs)
         stmts = [f'SELECT {sel} FROM "{kind.value}" WHERE time >= {lo}s AND time < {hi}s AND {where}']
         look = group[0].lookaround
-        if look:
-            for q in qs:
+        if look:  # late readings: the last CONTEXT_READINGS readings before each, newest first
+            for t in group:
+                assert t.late_at is not None
                 stmts.append(
-                    f'SELECT last("{q}") AS "{q}" FROM "{kind.value}" WHERE time >= {lo - LOOKAROUND_S}s'
-                    f" AND time < {lo}s AND {where}"
+                    f'SELECT "{t.quantity}" AS "ctx:{t.quantity}" FROM "{kind.value}"'
+                    f" WHERE time >= {t.late_at - LOOKAROUND_S}s AND time < {t.late_at}s"
+                    f' AND "meter" = \'{_escape_str(t.meter.id)}\' GROUP BY "meter"'
+                    f" ORDER BY time DESC LIMIT {context_readings(t.meter, self.cfg.rollups.context_s)}"
                 )
         stats.requests += 1
         res = self._query(stmts)
         raw: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
-        before: dict[tuple[str, str], tuple[int, float]] = {}
+        before: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for s in res:
             mid = s["tags"].get("meter", "")
             cols = s["columns"]
-            single = len(cols) == 2 and len(s["values"]) == 1 and look and lo > int(s["values"][0][0])
-            if single:  # a last() look-around: its one row lies before the window
-                v = s["values"][0]
-                if v[1] is not None:
-                    before[(mid, cols[1])] = (int(v[0]), float(v[1]))
+            if cols[1].startswith("ctx:"):
+                before[(mid, cols[1][4:])] = [
+                    (int(v[0]), float(v[1])) for v in reversed(s["values"]) if v[1] is not None
+                ]
                 continue
             for k, q in enumerate(cols[1:], start=1):
                 if q not in qs:
@@ -617,6 +670,7 @@ class RollupMaintainer:
                     if v[k] is not None:
                         ts_l.append(int(v[0]))
                         vs_l.append(float(v[k]))
+        dropped = self._quarantined(group, before) if look else {}
         outcomes = []
         for t in group:
             key = (t.meter.id, t.quantity)
@@ -624,25 +678,74 @@ class RollupMaintainer:
             if not t.keep_all and ts_l and ts_l[0] < t.fetch_from:
                 k = bisect_left(ts_l, t.fetch_from)
                 ts_l, vs_l = ts_l[k:], vs_l[k:]
-            if key in before:
-                ts_l, vs_l = [before[key][0], *ts_l], [before[key][1], *vs_l]
+            if look:
+                ctx = before.get(key, [])
+                t.series_start = len(ctx) < context_readings(t.meter, self.cfg.rollups.context_s)
+                # Context the stored derivation quarantined stays out (its fate cannot change), so
+                # the policy restarts from readings the full derivation accepted; the last one stays.
+                gone = dropped.get(key, {})
+                keep = [k == len(ctx) - 1 or p[0] not in gone for k, p in enumerate(ctx)]
+                # They still count as received and stay on record as quarantined.
+                t.kept_out = [gone[p[0]] for p, k in zip(ctx, keep, strict=True) if not k]
+                ctx = [p for p, k in zip(ctx, keep, strict=True) if k]
+                ts_l, vs_l = [p[0] for p in ctx] + ts_l, [p[1] for p in ctx] + vs_l
             stats.readings_read += len(ts_l)
             outcomes.append(self._derive(t, ts_l, vs_l, stats))
         return outcomes
 
+    def _quarantined(
+        self, group: list[_Task], before: dict[tuple[str, str], list[tuple[int, float]]]
+    ) -> dict[tuple[str, str], dict[int, Event]]:
+        """Times of context readings the stored derivation quarantined (an unconfirmed one may still count)."""
+        out: dict[tuple[str, str], dict[int, Event]] = {}
+        with self.sessions() as s:
+            for t in group:
+                ctx = before.get((t.meter.id, t.quantity))
+                if not ctx:
+                    continue
+                q = select(RollupEvent).where(
+                    RollupEvent.meter == t.meter.id,
+                    RollupEvent.quantity == t.quantity,
+                    RollupEvent.kind == "quarantined",
+                    RollupEvent.ts >= ctx[0][0],
+                    RollupEvent.ts <= ctx[-1][0],
+                )
+                out[(t.meter.id, t.quantity)] = {
+                    r.ts: Event(r.ts, "quarantined", r.value, r.previous, r.detail) for r in s.scalars(q)
+                }
+        return out
+
     def _derive(self, t: _Task, ts_l: list[int], vs_l: list[float], stats: RollupStats) -> _Outcome:
         tz = self.tz
         curve = derive_columns(ts_l, vs_l, Limits.for_meter(t.meter))
+        if t.kept_out:
+            curve.received = sorted(set(curve.received) | {e.ts for e in t.kept_out})
+            curve.events = sorted([*curve.events, *t.kept_out], key=lambda e: e.ts)
         stats.series += 1
         if not curve.ts:
-            until = t.old_until if t.old_until is not None else periods.floor(int(time.time()), "hour", tz)
+            # Nothing stored for the series: its hours up to now are known to be empty (a reading
+            # that comes later is a late one and re-derives them).
+            until = periods.floor(self._now, "hour", tz)
+            if t.old_until is not None and (curve.received or t.old_until > until):
+                until = t.old_until
             return _Outcome(t, None, until, None, curve.received[-1] if curve.received else None)
         pts = curve.ts
         if t.rewrite_from is None:  # a late reading: from a few accepted readings before it
             stats.late += 1
             assert t.late_at is not None
-            k = bisect_left(pts, t.late_at) - 1 - 2
-            start = periods.floor(pts[max(k, 0)], "hour", tz)
+            k = bisect_left(pts, t.late_at)
+            if t.series_start or k < 4:  # nothing older (or nothing accepted): from the first reading
+                start = periods.floor(pts[0], "hour", tz)
+            else:
+                # The policy restarted at pts[0], a reading the full derivation accepted, so from
+                # pts[1] on it is in the same state (and a break after pts[1] has the interval
+                # before it for its estimate). A late reading changes the interval it falls in,
+                # the fate of the reading before it and a neighbouring break's estimate: nothing
+                # before the accepted reading three before it. The first hour rewritten is whole
+                # after pts[1] and starts no later than that reading's hour.
+                h = periods.floor(pts[1], "hour", tz)
+                after = h if h == pts[1] else periods.hour_starts(h, h + 3 * 3600, tz)[1]
+                start = min(after, periods.floor(pts[k - 3], "hour", tz))
             if t.old_until is not None:
                 start = min(start, t.old_until)
         else:

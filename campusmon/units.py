@@ -1,13 +1,16 @@
 """Organisational units (colleges, departments, administrative units) and the buildings they own.
 
 A unit owns whole buildings, a floor-area share of a shared building, or named meters in a
-building. Everything a unit is assessed or billed on follows from its parts:
+building. Everything a unit is assessed, billed or alerted on follows from its parts:
 
 - ``{building: b}``: all of the building's consumption, floor area and occupants;
 - ``{building: b, share: 0.4}``: 40 % of the building's metered consumption, area and occupants
   (a shared building without sub-meters is split by floor area);
 - ``{building: b, meters: [m1, m2]}``: those meters' consumption in full; its area and occupants are
   ``floor_area_m2`` / ``occupants`` of the part when given, else ``share`` of the building's.
+
+Alerts of a unit's meters and buildings go to its ``notify`` webhooks and ``email`` recipients
+(``api.alerts.notify.channels``), so a college hears of its own waste and not of everyone else's.
 
 The checks run when the campus config is loaded: every building and meter must exist, a meter
 must be in the part's building and belong to one unit only, and the shares of a building must not
@@ -16,10 +19,12 @@ add up to more than the whole.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 UnitType = Literal["college", "department", "administrative", "other"]
 
 
@@ -51,7 +56,20 @@ class OrgUnit(_Model):
     type: UnitType = "other"
     parts: list[UnitPart] = Field(min_length=1, description="buildings or parts of buildings it owns")
     occupants: int | None = Field(default=None, ge=0, description="people, overriding the parts' sum")
-    notify: list[str] = Field(default_factory=list, description="notification channels for its alerts")
+    notify: list[str] = Field(
+        default_factory=list,
+        description="webhooks (alerts.webhooks[].name) that get this unit's alerts, and only its units'",
+    )
+    email: list[str] = Field(
+        default_factory=list, description="addresses that get this unit's alerts through alerts.smtp"
+    )
+
+    @model_validator(mode="after")
+    def _addresses(self) -> OrgUnit:
+        bad = [a for a in self.email if not _EMAIL.fullmatch(a)]
+        if bad:
+            raise ValueError(f"not an e-mail address: {', '.join(map(repr, bad))}")
+        return self
 
 
 def check_units(units: list[OrgUnit], buildings: dict[str, Any], meters: dict[str, Any]) -> None:
@@ -73,7 +91,9 @@ def check_units(units: list[OrgUnit], buildings: dict[str, Any], meters: dict[st
                 if meter is None:
                     raise ValueError(f"{at}: meter {m!r} is not defined under meters")
                 if meter.building != p.building:
-                    raise ValueError(f"{at}: meter {m!r} is in building {meter.building!r}, not {p.building!r}")
+                    raise ValueError(
+                        f"{at}: meter {m!r} is in building {meter.building!r}, not {p.building!r}"
+                    )
                 if m in owner:
                     raise ValueError(f"{at}: meter {m!r} already belongs to unit {owner[m]!r}")
                 owner[m] = u.id

@@ -453,3 +453,93 @@ def test_a_dead_webhook_with_a_long_backlog_does_not_starve_other_channels(tmp_p
     finally:
         sink.shutdown()
         sink.server_close()
+
+
+UNITS_CAMPUS = {
+    "buildings": [{"id": "d1", "name": "Dorm 1", "type": "dorm"}, {"id": "lab", "name": "Lab", "type": "lab"}],
+    "meters": [
+        {"id": "e-r1", "building": "d1", "kind": "electricity", "room": "d1-101"},
+        {"id": "e-lab-1", "building": "lab", "kind": "electricity"},
+        {"id": "e-lab-2", "building": "lab", "kind": "electricity"},
+    ],
+    "units": [
+        {"id": "housing", "parts": [{"building": "d1"}], "notify": ["housing-hook"], "email": ["housing@x.org"]},
+        {"id": "physics", "parts": [{"building": "lab", "meters": ["e-lab-2"]}], "notify": ["physics-hook"],
+         "email": ["physics@x.org"]},
+        {"id": "chem", "parts": [{"building": "lab", "share": 0.5}], "notify": ["chem-hook"]},
+    ],
+}  # fmt: skip
+
+
+def lab_finding(meter: str, ts: int = T0) -> Finding:
+    return Finding(
+        "after_hours.usage", Subject("meter", meter, "lab"), Level.FIRING, ts, since=ts, value=9.0,
+        threshold=2.0, unit="kW", meter=meter,
+    )  # fmt: skip
+
+
+def test_alerts_are_routed_to_the_channels_of_their_unit(tmp_path: Path) -> None:
+    """A unit's webhooks and recipients get its alerts and no other unit's; campus-wide channels get all."""
+    names = ("housing-hook", "physics-hook", "chem-hook", "campus-hook")
+    rx = {n: Receiver(free_port()) for n in names}
+    sink = SmtpSink(free_port())
+    for r in rx.values():
+        r.up()
+    try:
+        hooks = [{"name": n, "url": f"http://127.0.0.1:{rx[n].port}/h", "timeout_s": 2} for n in names]
+        smtp = {"host": "127.0.0.1", "port": sink.server_address[1], "sender": "a@x.org", "to": ["ops@x.org"],
+                "min_severity": "info"}  # fmt: skip
+        cfg = parse_config(
+            {**UNITS_CAMPUS, "database": {"url": f"sqlite:///{tmp_path}/u.sqlite"},
+             "alerts": {"webhooks": hooks, "smtp": smtp, "mqtt": {"enabled": False}}},
+            "t", environ={},
+        )  # fmt: skip
+        _e, sessions = init_db(cfg.database.url)
+        acfg = parse_alerts(cfg)
+        store, disp = (
+            AlertStore(cfg, acfg, sessions, clock=lambda: T0),
+            Dispatcher(cfg, acfg, sessions, lambda: T0),
+        )
+        store.apply([finding(), lab_finding("e-lab-2"), lab_finding("e-lab-1")])
+        by_alert: dict[int, set[str]] = {}
+        for d in deliveries_json(sessions, limit=100):
+            by_alert.setdefault(d["alert_id"], set()).add(d["channel"])
+        assert by_alert == {
+            1: {"webhook:housing-hook", "webhook:campus-hook", "smtp", "email:housing"},  # the dorm room
+            2: {"webhook:physics-hook", "webhook:campus-hook", "smtp", "email:physics"},  # physics' own meter
+            3: {"webhook:chem-hook", "webhook:campus-hook", "smtp"},  # the rest of the shared lab
+        }
+        assert disp.run_once() == 11
+    finally:
+        for r in rx.values():
+            r.down()
+        sink.shutdown()
+        sink.server_close()
+    subjects = {n: sorted(json.loads(b)["alert"]["subject"]["id"] for _h, b in r.got) for n, r in rx.items()}
+    assert subjects == {"housing-hook": ["d1-101"], "physics-hook": ["e-lab-2"], "chem-hook": ["e-lab-1"],
+                        "campus-hook": ["d1-101", "e-lab-1", "e-lab-2"]}  # fmt: skip
+    import email
+    from email import policy
+
+    to = sorted(email.message_from_bytes(m, policy=policy.default)["To"] for m in sink.messages)
+    assert to == ["housing@x.org", "ops@x.org", "ops@x.org", "ops@x.org", "physics@x.org"]
+
+
+def test_unit_routing_is_checked_at_load(tmp_path: Path) -> None:
+    import pytest
+
+    from campusmon.config import ConfigError
+
+    base = {**UNITS_CAMPUS, "database": {"url": f"sqlite:///{tmp_path}/c.sqlite"}}
+    cfg = parse_config({**base, "alerts": {"mqtt": {"enabled": False}}}, "campus.yaml", environ={})
+    with pytest.raises(ConfigError) as e:
+        parse_alerts(cfg, "campus.yaml")
+    text = str(e.value)
+    assert (
+        "campus.yaml: units[0] (housing).notify: 'housing-hook' is not a webhook under alerts.webhooks"
+        in text
+    )
+    assert "units[1] (physics).email: needs alerts.smtp, the server that sends it" in text
+    bad = {**UNITS_CAMPUS, "units": [{"id": "x", "parts": [{"building": "d1"}], "email": ["not-an-address"]}]}
+    with pytest.raises(ConfigError, match="not an e-mail address: 'not-an-address'"):
+        parse_config(bad, "campus.yaml", environ={})

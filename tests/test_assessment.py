@@ -51,7 +51,9 @@ TABLE = {
 FLAT = {"months": list(range(1, 13)), "periods": {"valley": ["22:00-06:00"], "peak": ["06:00-22:00"]}}
 ACCOUNTING = {
     "tariffs": {
-        "electricity": [{"effective_from": "2024-01-01", "prices": {"valley": 0.3, "peak": 0.9}, "schedules": [FLAT]}],
+        "electricity": [
+            {"effective_from": "2024-01-01", "prices": {"valley": 0.3, "peak": 0.9}, "schedules": [FLAT]}
+        ],
         "water": [{"effective_from": "2024-01-01", "price": 4.0}],
     }
 }
@@ -216,7 +218,9 @@ def test_ground_truth_year(campus: Campus):
         assert u["kgce_per_m2"] == pytest.approx(truth / area, rel=1e-3)
         assert u["kgce_per_person"] == pytest.approx(truth / people, rel=1e-3)
         for kind in ("electricity", "water", "gas", "heat"):
-            assert u["by_carrier"][kind]["amount"] == pytest.approx(campus.carrier(uid, kind, YEAR), rel=1e-3, abs=1e-6)
+            assert u["by_carrier"][kind]["amount"] == pytest.approx(
+                campus.carrier(uid, kind, YEAR), rel=1e-3, abs=1e-6
+            )
             assert u["by_carrier"][kind]["previous"] == pytest.approx(
                 campus.carrier(uid, kind, YEAR - 1), rel=1e-3, abs=1e-6
             )
@@ -224,8 +228,12 @@ def test_ground_truth_year(campus: Campus):
         assert u["water_l_per_person_day"] == pytest.approx(water_l, rel=1e-3)
         assert u["score"] == pytest.approx(expected_score(campus, uid), abs=0.01), uid
     admin = units["admin"]
-    assert admin["by_carrier"]["coal"]["amount"] == pytest.approx(campus.fuel("admin", "coal", YEAR), rel=1e-6)
-    assert admin["by_carrier"]["diesel"]["amount"] == pytest.approx(campus.fuel("admin", "diesel", YEAR), rel=1e-6)
+    assert admin["by_carrier"]["coal"]["amount"] == pytest.approx(
+        campus.fuel("admin", "coal", YEAR), rel=1e-6
+    )
+    assert admin["by_carrier"]["diesel"]["amount"] == pytest.approx(
+        campus.fuel("admin", "diesel", YEAR), rel=1e-6
+    )
     # the unit with 80 % of its readings: flagged, neither passed nor failed, unranked
     assert admin["completeness"] == pytest.approx(0.8, abs=0.001)
     assert admin["flagged"] is True and admin["passed"] is None and admin["rank"] is None
@@ -244,7 +252,10 @@ def test_outputs_xlsx_csv_html_and_cli(campus: Campus):
     assert wb.sheetnames == ["Assessment", "Indicators", "Carriers", "Factors", "Settings"]
     ws = wb["Assessment"]
     head = [c.value for c in ws[1]]
-    rows = {row[head.index("unit")]: dict(zip(head, row, strict=True)) for row in ws.iter_rows(min_row=2, values_only=True)}
+    rows = {
+        row[head.index("unit")]: dict(zip(head, row, strict=True))
+        for row in ws.iter_rows(min_row=2, values_only=True)
+    }
     for uid in ("eng", "arts", "admin"):
         assert rows[uid]["kgce"] == pytest.approx(campus.kgce(uid, YEAR), rel=1e-3)
     assert rows["admin"]["flagged"] is True and rows["admin"]["rank"] is None
@@ -258,17 +269,25 @@ def test_outputs_xlsx_csv_html_and_cli(campus: Campus):
     assert "Annual assessment 2025" in page and 'class="low"' in page and "GB/T 2589-2020" in page
     # the command line: one command, a progress bar, the same figures
     path = campus.tmp / "campus.yaml"
-    data = {**CAMPUS, "influxdb": campus.cfg.influxdb.model_dump(), "database": {"url": campus.cfg.database.url}}
+    data = {
+        **CAMPUS,
+        "influxdb": campus.cfg.influxdb.model_dump(),
+        "database": {"url": campus.cfg.database.url},
+    }
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
     from campusmon.cli import app
 
     out = campus.tmp / "annual.xlsx"
-    res = CliRunner().invoke(app, ["report", "annual", "--year", str(YEAR), "--out", str(out), "-c", str(path)])
+    res = CliRunner().invoke(
+        app, ["report", "annual", "--year", str(YEAR), "--out", str(out), "-c", str(path)]
+    )
     assert res.exit_code == 0, res.output
     assert "assessment 2025" in res.output and "1 flagged" in res.output
     ws = openpyxl.load_workbook(out)["Assessment"]
     head = [c.value for c in ws[1]]
-    cli_rows = {row[head.index("unit")]: row[head.index("kgce")] for row in ws.iter_rows(min_row=2, values_only=True)}
+    cli_rows = {
+        row[head.index("unit")]: row[head.index("kgce")] for row in ws.iter_rows(min_row=2, values_only=True)
+    }
     assert cli_rows == {u: rows[u]["kgce"] for u in rows}
 
 
@@ -318,10 +337,15 @@ def test_fuel_entry_refusals(campus: Campus):
     assert r.json()["quantity_kg"] == 12500.0 and r.json()["entered_by"] == "token:test-operator"
     dup = client.post("/api/v1/fuel", json={**good, "quantity": 3})
     assert dup.status_code == 409
-    assert f"receipt 'R-refusal-1' of supplier 'Coal Co.' is already entered (entry {r.json()['id']}" in dup.json()["error"]
+    assert (
+        f"receipt 'R-refusal-1' of supplier 'Coal Co.' is already entered (entry {r.json()['id']}"
+        in dup.json()["error"]
+    )
     viewer = {"Authorization": f"Bearer {admin_token(campus.cfg, 'viewer')}"}
     assert client.post("/api/v1/fuel", json={**good, "receipt": "R-2"}, headers=viewer).status_code == 403
-    after = client.get("/api/v1/fuel", params={"fuel": "coal", "start": "2025-06-01", "end": "2025-06-02"}).json()
+    after = client.get(
+        "/api/v1/fuel", params={"fuel": "coal", "start": "2025-06-01", "end": "2025-06-02"}
+    ).json()
     assert [e["receipt"] for e in after["entries"]] == ["R-refusal-1"]
     assert len(client.get("/api/v1/fuel").json()["entries"]) == before + 1
     # litres of diesel become kg through the density (the default, or the receipt's own)
@@ -331,7 +355,11 @@ def test_fuel_entry_refusals(campus: Campus):
     assert d.status_code == 201 and d.json()["quantity_kg"] == pytest.approx(83.0)
     # the command line refuses the same way and records who entered what in the audit log
     path = campus.tmp / "campus-fuel.yaml"
-    data = {**CAMPUS, "influxdb": campus.cfg.influxdb.model_dump(), "database": {"url": campus.cfg.database.url}}
+    data = {
+        **CAMPUS,
+        "influxdb": campus.cfg.influxdb.model_dump(),
+        "database": {"url": campus.cfg.database.url},
+    }
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
     from campusmon.cli import app
 
@@ -345,7 +373,10 @@ def test_fuel_entry_refusals(campus: Campus):
 
     log = AuthStore(client.app.state.sessions, ttl=0).audit_log(20)
     assert any(e["action"] == "fuel add" and e["actor"].startswith("cli") for e in log)
-    assert any(e["action"] == "POST /api/v1/fuel" and e["actor"] == "token:test-operator" and e["status"] == 201 for e in log)
+    assert any(
+        e["action"] == "POST /api/v1/fuel" and e["actor"] == "token:test-operator" and e["status"] == 201
+        for e in log
+    )
 
 
 def test_manual_readings_go_through_ingest(campus: Campus):
@@ -355,9 +386,13 @@ def test_manual_readings_go_through_ingest(campus: Campus):
             {"meter": "w-nowhere", "time": "2025-03-02T08:00", "value": 1.0}]  # fmt: skip
     r = client.post("/api/v1/readings/manual", json={"readings": rows})
     assert r.status_code == 200, r.text
-    assert r.json()["stored"] == 2 and r.json()["errors"] == ["row 3: meter 'w-nowhere' is not in the campus config"]
+    assert r.json()["stored"] == 2 and r.json()["errors"] == [
+        "row 3: meter 'w-nowhere' is not in the campus config"
+    ]
     # a register that runs backwards is a plain number: the ingest checks (range) still apply
-    bad = client.post("/api/v1/readings/manual", json={"readings": [{"meter": "w-depot", "time": "x", "value": 1}]})
+    bad = client.post(
+        "/api/v1/readings/manual", json={"readings": [{"meter": "w-depot", "time": "x", "value": 1}]}
+    )
     assert bad.status_code == 422 and "is not ISO 8601" in str(bad.json()["error"])
     c = client.get("/api/v1/consumption", params={"scope": "meter:w-depot", "period": "month",
                                                  "start": "2025-03-01", "end": "2025-04-01"}).json()  # fmt: skip
@@ -365,7 +400,11 @@ def test_manual_readings_go_through_ingest(campus: Campus):
     path = campus.tmp / "readings.csv"
     path.write_text("meter,time,value\nw-depot,2025-03-03T08:00,13.5\nw-depot,2025-03-04T08:00,oops\n")
     cfgfile = campus.tmp / "campus-readings.yaml"
-    data = {**CAMPUS, "influxdb": campus.cfg.influxdb.model_dump(), "database": {"url": campus.cfg.database.url}}
+    data = {
+        **CAMPUS,
+        "influxdb": campus.cfg.influxdb.model_dump(),
+        "database": {"url": campus.cfg.database.url},
+    }
     cfgfile.write_text(yaml.safe_dump(data, allow_unicode=True))
     from campusmon.cli import app
 
@@ -415,7 +454,10 @@ def test_an_override_changes_what_depends_on_it_and_nothing_else(campus: Campus)
             assert b.kgce == a.kgce and b.score == a.score
     assert base.units[2].native["gas"] == 0 and base.units[0].native["gas"] > 0
     table = {f["carrier"]: f for f in gas.factors}
-    assert table["gas"]["kgce_per_unit"] == 1.33 and "supplier's heating value 2025" in table["gas"]["kgce_source"]
+    assert (
+        table["gas"]["kgce_per_unit"] == 1.33
+        and "supplier's heating value 2025" in table["gas"]["kgce_source"]
+    )
     assert table["coal"]["kgce_per_unit"] == 0.7143
 
 
@@ -432,8 +474,12 @@ def test_kgce_and_co2_measures_on_unit_consumption(campus: Campus):
     assert elec["total"] == pytest.approx(n_elec["total"] * 0.5306, rel=1e-6)  # MEE/NBS national, 2023 data
     assert n_elec["total"] == pytest.approx(campus.carrier("eng", "electricity", YEAR), rel=1e-3)
     facs = {f["carrier"]: f for f in client.get("/api/v1/factors", params={"year": YEAR}).json()["factors"]}
-    assert facs["electricity"]["co2_kg_per_unit"] == 0.5306 and "2023 data" in facs["electricity"]["co2_source"]
-    ranks = client.get("/api/v1/rankings/units", params={"year": YEAR, "metric": "kgce_per_m2"}).json()["rankings"]
+    assert (
+        facs["electricity"]["co2_kg_per_unit"] == 0.5306 and "2023 data" in facs["electricity"]["co2_source"]
+    )
+    ranks = client.get("/api/v1/rankings/units", params={"year": YEAR, "metric": "kgce_per_m2"}).json()[
+        "rankings"
+    ]
     assert ranks[-1]["unit"] == "admin" and ranks[-1]["rank"] is None
     assert client.get("/api/v1/units/nobody/consumption").status_code == 404
 
@@ -498,5 +544,22 @@ def test_units_and_factors_are_checked_at_load(change, message):
 def test_assessment_targets_name_known_units():
     cfg = parse_config({**CAMPUS, "assessment": {"targets": [{"unit": "physics", "year": 2025, "water_m3": 1}]}},
                        "campus.yaml", environ={})  # fmt: skip
-    with pytest.raises(ConfigError, match=r"assessment.targets\[0\]: unit 'physics' is not defined under units"):
+    with pytest.raises(
+        ConfigError, match=r"assessment.targets\[0\]: unit 'physics' is not defined under units"
+    ):
         assessment.assessment_settings(cfg, "campus.yaml")
+
+
+def test_the_example_campus_meters_gas_and_heat_and_has_units():
+    """deploy/campus.yaml: every metered carrier, units owning every building, and a clean config check."""
+    from campusmon.cli import app
+    from campusmon.config import load_config
+
+    path = Path(__file__).resolve().parent.parent / "deploy" / "campus.yaml"
+    cfg = load_config(path, environ={})
+    assert {m.kind.value for m in cfg.meters} == {"electricity", "water", "gas", "heat"}
+    owned = {p.building for u in cfg.units for p in u.parts}
+    assert owned == {b.id for b in cfg.buildings}
+    assert {t.unit for t in assessment.assessment_settings(cfg).targets} <= {u.id for u in cfg.units}
+    res = CliRunner().invoke(app, ["config", "check", "-c", str(path)])
+    assert res.exit_code == 0 and f"{len(cfg.meters)} meters" in res.output, res.output

@@ -181,7 +181,8 @@ def test_language_switch_and_catalogue_completeness(live_campus: Any, browser: A
     cats = {lang: _catalog(lang) for lang in LANGUAGES}
     english_only = {m.id for m in cats["zh"] if m.id and m.string and m.string != m.id and len(str(m.id)) > 3}
     page = login(browser, live_campus.url, "admin-zhao", lang="zh")
-    pages = ["/console/", "/console/buildings/dorm-1", "/console/alerts?status=all"]
+    pages = ["/console/", "/console/buildings/dorm-1", "/console/alerts?status=all", "/console/targets",
+             "/console/reports", "/console/admin"]  # fmt: skip
     for path in pages:
         page.goto(path)
         page.locator(".lang-switch[hreflang=en]").click()
@@ -194,4 +195,125 @@ def test_language_switch_and_catalogue_completeness(live_campus: Any, browser: A
         expect(page.locator("html")).to_have_attribute("lang", "zh-Hans")
         left = [t for t in _text_nodes(page) if t in english_only]
         assert not left, (path, left)
+    page.context.close()
+
+
+def _canvas_painted(page: Page, selector: str) -> bool:
+    """Some pixel of the chart's canvas is drawn (ECharts draws on a 2D canvas)."""
+    return bool(
+        page.eval_on_selector(
+            selector,
+            """(el) => {
+                const c = el.querySelector('canvas');
+                if (!c || !c.width || !c.height) return false;
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                for (let i = 3; i < d.length; i += 4) if (d[i] !== 0) return true;
+                return false;
+            }""",
+        )
+    )
+
+
+def test_operator_overview_equals_the_api_and_building_charts_render(
+    live_campus: Any, browser: Any, api: Any
+) -> None:
+    quota = api.post("/api/v1/targets", json={"scope": "building", "scope_id": "dorm-1", "kind": "electricity",
+                                              "type": "quota", "period": "month", "value": 40000.0})  # fmt: skip
+    assert quota.status_code == 201, quota.text
+    try:
+        _overview_and_building(live_campus, browser, api)
+    finally:
+        api.delete(f"/api/v1/targets/{quota.json()['id']}")
+
+
+def _overview_and_building(live_campus: Any, browser: Any, api: Any) -> None:
+    cfg = live_campus.cfg
+    page = login(browser, live_campus.url, "op-li", lang="en", to="/console/")
+    rows = page.locator("#overview-table tbody tr[data-building]")
+    expect(rows).to_have_count(len(cfg.buildings))
+    assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.building)")) == sorted(
+        b.id for b in cfg.buildings
+    )
+    for b in cfg.buildings:
+        cells = page.locator(f'tr[data-building="{b.id}"] td[data-v]').evaluate_all(
+            "cs => cs.map(c => c.dataset.v)"
+        )
+        kinds = {k["kind"]: k for k in api.get(f"/api/v1/buildings/{b.id}/summary").json()["kinds"]}
+        for off, kind in ((1, "electricity"), (5, "water")):
+            shown = [float(x) if x not in ("", "None") else None for x in cells[off : off + 4]]
+            k = kinds.get(kind)
+            if k is None:
+                assert shown == [None] * 4, (b.id, kind, shown)
+                continue
+            want = [k["today"]["value"], k["month"]["value"], k["month"]["quota"], k["month"]["projected"]]
+            if b.id == "dorm-1" and kind == "electricity":
+                assert want[2] == 40000.0  # the quota set above
+            assert [x is None for x in shown] == [x is None for x in want], (b.id, kind, shown, want)
+            assert [x for x in shown if x is not None] == pytest.approx(
+                [x for x in want if x is not None], rel=1e-9
+            ), (b.id, kind, shown, want)
+        link = page.locator(f'tr[data-building="{b.id}"] a[href="/console/buildings/{b.id}"]')
+        expect(link).to_have_text(b.name or b.id)
+    # Drill into the dormitory from its row.
+    page.locator('tr[data-building="dorm-1"] a[href="/console/buildings/dorm-1"]').click()
+    page.wait_for_url("**/console/buildings/dorm-1")
+    elec = next(
+        k for k in api.get("/api/v1/buildings/dorm-1/summary").json()["kinds"] if k["kind"] == "electricity"
+    )
+    expected = {
+        "typical": 2,  # today and the typical day
+        "week": 1,
+        "heatmap": 1,
+        "base_load": 1,
+        "night_flow": 1,  # the dormitory has a water meter
+        "sub_items": 1,
+        "gauge": 1 + (elec["month"]["projected"] is not None),  # the quota gauge: month so far, projection
+    }
+    for key, n in expected.items():
+        sel = f"#chart-{key}"
+        expect(page.locator(sel)).to_have_attribute("data-series", str(n))
+        assert _canvas_painted(page, sel), key
+    charts = page.locator(".chart[data-chart]")
+    assert charts.count() == len(expected)
+    page.context.close()
+
+
+def test_operator_sets_a_target_in_the_form_and_the_report_prints(
+    live_campus: Any, browser: Any, api: Any
+) -> None:
+    page = login(browser, live_campus.url, "op-li", lang="en", to="/console/targets")
+    form = page.locator("#new-target form.target-form")
+    form.locator("select[name=scope_id]").select_option("library")
+    form.locator("input[name=name]").fill("library lights")
+    form.locator("input[name=value]").fill("lots")
+    form.locator("button[type=submit]").click()
+    expect(form.locator(".form-msg [role=alert]")).to_contain_text("not a number")  # shown, nothing stored
+    assert not [t for t in api.get("/api/v1/targets").json()["targets"] if t["name"] == "library lights"]
+    form.locator("input[name=value]").fill("9000")
+    form.locator("button[type=submit]").click()
+    page.wait_for_url(re.compile(r".*/console/targets/\d+$"))
+    tid = int(page.url.rsplit("/", 1)[1])
+    try:
+        t = api.get(f"/api/v1/targets/{tid}").json()
+        assert (t["scope_id"], t["category"], t["value"], t["period"]) == (
+            "library",
+            "01000",
+            9000.0,
+            "month",
+        )
+        expect(page.locator('tr[data-action="create"] .actor')).to_have_text("op-li")
+        # The monthly report prints: navigation and controls hidden, summary and table kept, a PDF made.
+        page.goto("/console/reports")
+        expect(page.locator("#chart-electricity")).to_have_attribute(
+            "data-series", "2"
+        )  # use, and the target
+        page.emulate_media(media="print")
+        for hidden in (".top", "#report-form"):
+            expect(page.locator(hidden)).to_be_hidden()
+        for shown in (".report-summary", "#report-table", "#completeness", ".print-only"):
+            expect(page.locator(shown).first).to_be_visible()
+        pdf = page.pdf(format="A4", landscape=True, print_background=True)
+        assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
+    finally:
+        api.delete(f"/api/v1/targets/{tid}")
     page.context.close()

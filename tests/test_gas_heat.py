@@ -99,7 +99,9 @@ def test_gas_and_heat_meters_end_to_end_consumption_is_exact(
     collector.store.ensure_database()
     clock = SimClock(frozen=True)
     sim, url = start_sim(specs, "tcp", clock)
-    gw_cfg = gateway_config(tmp_path, url, specs, mosquitto.port, gateway_id=gid, gateway={"poll_on_start": False})
+    gw_cfg = gateway_config(
+        tmp_path, url, specs, mosquitto.port, gateway_id=gid, gateway={"poll_on_start": False}
+    )
     gw = Gateway(gw_cfg)
     store = open_store(cfg)
     try:
@@ -139,17 +141,20 @@ def test_gas_and_heat_meters_end_to_end_consumption_is_exact(
         assert (series["quantity"], series["unit"]) == (reg, QUANTITIES[reg].unit)
         assert series["total"] == round(after[s.id][reg] - before[s.id][reg], 4), s.id
         assert series["total"] > 0
-    by_building = service.consumption_series(store, cfg, settings, Scope("building", "dorm-1"), "day", lo, hi, now=hi)
+    by_building = service.consumption_series(
+        store, cfg, settings, Scope("building", "dorm-1"), "day", lo, hi, now=hi
+    )
     heat = next(x for x in by_building["series"] if x["kind"] == HEAT)  # heating and cooling meter together
-    want = sum(after[m][REGISTER[MeterKind.HEAT]] - before[m][REGISTER[MeterKind.HEAT]] for m in ("h-cjt-1", "c-cjt-1"))
+    want = sum(
+        after[m][REGISTER[MeterKind.HEAT]] - before[m][REGISTER[MeterKind.HEAT]]
+        for m in ("h-cjt-1", "c-cjt-1")
+    )
     assert heat["total"] == pytest.approx(round(want, 4), abs=1e-4)
     assert heat["cost"] is None  # no heat tariff is configured: no invented price
     store.close()
 
 
-def test_captured_cjt188_heat_meter_vectors_store_their_quantities(
-    make_config: Any, influxdb: Any
-) -> None:
+def test_captured_cjt188_heat_meter_vectors_store_their_quantities(make_config: Any, influxdb: Any) -> None:
     vectors = [v for v in json.loads(VECTORS.read_text(encoding="utf-8"))["vectors"]
                if v["direction"] == "response" and v["parsed"]["meter_type"] in ("20", "21", "22")]  # fmt: skip
     assert vectors, "the captured heat-meter replies are in tests/vectors/cjt188.json"
@@ -162,7 +167,9 @@ def test_captured_cjt188_heat_meter_vectors_store_their_quantities(
     ts = int(time.time()) - 60
     for i, v in enumerate(vectors):
         e = v["expected"]
-        driver = make_driver("cjt188", f"h-vec-{i}", v["parsed"]["address"], {"meter_type": "heat", "model": "jy-heat"})
+        driver = make_driver(
+            "cjt188", f"h-vec-{i}", v["parsed"]["address"], {"meter_type": "heat", "model": "jy-heat"}
+        )
         decoded = driver.decode(driver.poll()[0], bytes.fromhex(v["hex"]))
 
         res = parse_payload(encode_senml(Reading(f"h-vec-{i}", q, x, ts) for q, x in decoded.values.items()),
@@ -236,9 +243,15 @@ def test_wire_accepts_gas_and_heat_records_in_their_units() -> None:
     assert got[("heat_energy_kwh", int(t) + 60)] == 10_000.0
     assert got[("heat_power_w", int(t))] == 120_500.0
     assert got[("supply_temp_c", int(t))] == 70.5 and got[("return_temp_c", int(t))] == 50.25
-    res = _one([{"meter": "g1", "ts": t, "gas_volume_m3": 812.25, "gas_flow_m3h": 12.5},
-                {"bn": "urn:campus:meter:g1:", "bt": t + 60, "n": "gas_pressure", "u": "bar", "v": 2.5},
-                {"n": "gas_temp", "u": "Cel", "v": 11.5}, {"n": "gas_volume_uncorrected_m3", "v": 330.0}], "g1")
+    res = _one(
+        [
+            {"meter": "g1", "ts": t, "gas_volume_m3": 812.25, "gas_flow_m3h": 12.5},
+            {"bn": "urn:campus:meter:g1:", "bt": t + 60, "n": "gas_pressure", "u": "bar", "v": 2.5},
+            {"n": "gas_temp", "u": "Cel", "v": 11.5},
+            {"n": "gas_volume_uncorrected_m3", "v": 330.0},
+        ],
+        "g1",
+    )
     assert not res.rejections, res.rejections
     got = {r.quantity: r.value for r in res.readings}
     assert got == {"gas_volume_m3": 812.25, "gas_flow_m3h": 12.5, "gas_pressure_kpa": 250.0, "gas_temp_c": 11.5,
@@ -259,7 +272,9 @@ def test_wire_accepts_gas_and_heat_records_in_their_units() -> None:
         ("h1", {"energy_kwh": 5.0}, WRONG_KIND),
     ],
 )
-def test_wire_refuses_implausible_or_misplaced_gas_and_heat_values(meter: str, record: dict, reason: str) -> None:
+def test_wire_refuses_implausible_or_misplaced_gas_and_heat_values(
+    meter: str, record: dict, reason: str
+) -> None:
     res = _one([{"meter": meter, "ts": 1.9e9, **record}], meter)
     assert not res.readings and [r.reason for r in res.rejections] == [reason], res.rejections
 
@@ -280,7 +295,11 @@ def test_config_takes_gas_and_heat_meters_with_their_sub_items() -> None:
         {"id": "h1", "building": "b1", "kind": "heat", "category": "04000"},
         {"id": "c1", "building": "b1", "kind": "heat", "category": "05000"},
     ]}  # fmt: skip
-    assert [m.kind for m in parse_config(data, "t", environ={}).meters] == [MeterKind.GAS, MeterKind.HEAT, MeterKind.HEAT]
+    assert [m.kind for m in parse_config(data, "t", environ={}).meters] == [
+        MeterKind.GAS,
+        MeterKind.HEAT,
+        MeterKind.HEAT,
+    ]
     for kind, cat in (("gas", "04000"), ("heat", "03000"), ("water", "03000"), ("electricity", "04000")):
         bad = {**data, "meters": [{"id": "x", "building": "b1", "kind": kind, "category": cat}]}
         with pytest.raises(ConfigError, match=f"category {cat} does not fit a {kind} meter"):
@@ -298,3 +317,35 @@ def test_gateway_config_derives_the_kind_from_the_cjt188_meter_type() -> None:
     assert gw({}).buses[0].meters[0].kind is MeterKind.WATER
     with pytest.raises(ConfigError, match="meter type 'heat' is a heat meter, not water"):
         gw({"kind": "water", "options": {"meter_type": "heat"}})
+
+
+def test_gas_and_heat_meters_are_judged_by_the_rules_for_any_meter() -> None:
+    """A silent gas or heat meter is seen like any other; its waste gets no price (no gas or heat tariff)."""
+    from api.alerts.config import parse_alerts
+    from api.alerts.messages import cost_of
+    from api.alerts.rules.base import Finding, Level, Subject
+    from tests.test_rules import campus, registers, run, t
+
+    meters = [
+        {"id": "g1", "kind": "gas", "category": "03000"},
+        {"id": "h1", "kind": "heat", "category": "04000"},
+        {"id": "w1", "kind": "water"},
+    ]
+    cfg = campus(meters, alerts={"cost": {"water_per_m3": 4.0, "electricity_per_kwh": 1.0}})
+    gap = (t(3, 10), t(4, 8))
+    pts = {
+        m: registers(lambda _ts: 2.0, t(0), t(6), skip=lambda ts: gap[0] <= ts < gap[1]) for m in ("g1", "h1")
+    }
+    pts["w1"] = registers(lambda _ts: 0.5, t(0), t(6))
+    tr = run("data.offline", cfg, pts, t(2), t(6), step=900)
+    assert sorted(s for _ts, s in tr.opens) == ["g1", "h1"]
+    assert sorted(s for _ts, s in tr.clears) == ["g1", "h1"]
+    acfg = parse_alerts(cfg)
+
+    def waste(meter: str, unit: str) -> Finding:
+        return Finding("spike.baseline", Subject("meter", meter, "b1"), Level.FIRING, t(3), since=t(3),
+                       value=9.0, threshold=2.0, unit=unit, waste_per_day=5.0, waste_unit=unit, meter=meter)  # fmt: skip
+
+    assert cost_of(cfg, acfg, waste("w1", "m3")).per_day == pytest.approx(20.0)
+    assert cost_of(cfg, acfg, waste("g1", "m3")).per_day is None
+    assert cost_of(cfg, acfg, waste("h1", "kWh")).per_day is None

@@ -87,3 +87,33 @@ def test_the_db_commands_report_and_upgrade(tmp_path) -> None:
     assert up.exit_code == 0 and f"schema at {head()} (was none)" in up.output, up.output
     after = run.invoke(app, ["db", "current", "-c", str(cfg)])
     assert f"database: {head()}" in after.output
+
+
+def test_targets_never_reuse_an_id_on_sqlite_even_one_deleted_before_the_upgrade(tmp_path) -> None:
+    """SQLite reuses the newest deleted rowid unless the table has AUTOINCREMENT, which the schema
+    comparison cannot see: the replayed chain must add it and start past every audited target id."""
+    engine = make_engine(f"sqlite:///{tmp_path}/old.sqlite")
+    row = (
+        "INSERT INTO targets (id, name, scope, scope_id, kind, category, type, value, note, created_at, "
+        "updated_at) VALUES (:i, 't', 'building', 'b1', 'electricity', '01000', 'quota', 1, '', "
+        "'2026-01-01', '2026-01-01')"
+    )
+    audit = "INSERT INTO target_audit (target_id, action, at, actor) VALUES (:i, 'create', '2026-01-01', 'x')"
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0002")
+        for i in (1, 2):
+            conn.execute(text(row), {"i": i})
+            conn.execute(text(audit), {"i": i})
+        conn.execute(text("DELETE FROM targets WHERE id = 2"))  # the newest, deleted before the upgrade
+    assert migrate(engine) == head()
+    assert _differences(engine) == []
+    with engine.begin() as conn:
+        made = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'targets'")).scalar_one()
+        assert "AUTOINCREMENT" in made
+        conn.execute(text(row.replace("(id, ", "(").replace("(:i, ", "(")))
+        assert conn.execute(text("SELECT id FROM targets ORDER BY id")).scalars().all() == [1, 3]
+    fresh = make_engine(f"sqlite:///{tmp_path}/new.sqlite")
+    assert migrate(fresh) == head()
+    with fresh.connect() as conn:
+        made = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'targets'")).scalar_one()
+    assert "AUTOINCREMENT" in made

@@ -91,6 +91,22 @@ def test_create_read_update_delete_with_audit_trail(client):
     assert client.get("/api/v1/targets/history").json()["history"][0]["action"] == "delete"
 
 
+def test_a_deleted_targets_id_is_never_handed_out_again(client):
+    """History is kept by target id: a new target must not inherit the newest deleted one's id or history."""
+    first = client.post("/api/v1/targets", json=QUOTA).json()["id"]
+    assert client.patch(f"/api/v1/targets/{first}", json={"value": 1}).status_code == 200
+    assert client.delete(f"/api/v1/targets/{first}").status_code == 204
+    r = client.post("/api/v1/targets", json={**QUOTA, "name": "dorm again"})
+    assert r.status_code == 201, r.text
+    second = r.json()["id"]
+    assert second != first
+    hist = client.get(f"/api/v1/targets/{second}/history").json()["history"]
+    assert [(h["action"], h["target_id"]) for h in hist] == [("create", second)]
+    assert hist[0]["after"]["name"] == "dorm again"
+    old = client.get(f"/api/v1/targets/{first}/history").json()["history"]
+    assert [h["action"] for h in old] == ["delete", "update", "create"]
+
+
 @pytest.mark.parametrize(
     ("body", "problem"),
     [

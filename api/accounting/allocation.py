@@ -14,7 +14,6 @@ up to the building's bill. Carriers without a tariff (gas, heat) are listed with
 
 from __future__ import annotations
 
-import csv
 import io
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 from api.accounting import periods
 from api.accounting.assessment import assessment_settings
 from api.accounting.campus import Scope, highest, scope_meters
+from api.accounting.report import csv_text, xlsx_table
 from api.accounting.service import Grid, fetch_curves
 from api.accounting.settings import AccountingSettings
 from api.accounting.units import owned_meters, readings
@@ -89,7 +89,9 @@ def monthly_allocation(
     for kind in MeterKind:
         carrier = kind.value
         for u in cfg.units:
-            own = highest(cfg, [m for p in u.parts for mid in p.meters if (m := cfg.meter(mid)) and m.kind is kind])
+            own = highest(
+                cfg, [m for p in u.parts for mid in p.meters if (m := cfg.meter(mid)) and m.kind is kind]
+            )
             if own:
                 h = grid.hourly(own, curves)
                 out.append(Line(bucket.label, u.id, names[u.id], carrier, "own meters", "", 1.0, sum(h),
@@ -137,27 +139,16 @@ def totals(lines: list[Line]) -> dict[str, dict[str, float | None]]:
 
 
 def to_csv(lines: list[Line]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for x in lines:
-        w.writerow({k: "" if v is None else v for k, v in line_dict(x).items()})
-    return buf.getvalue()
+    return csv_text(COLUMNS, (line_dict(x) for x in lines))
 
 
 def to_xlsx(lines: list[Line], rule: str) -> bytes:
     from openpyxl import Workbook
-    from openpyxl.styles import Font
 
     wb = Workbook()
     ws = wb.active
     ws.title = "Allocation"
-    ws.append(COLUMNS)
-    for x in lines:
-        d = line_dict(x)
-        ws.append([d[c] for c in COLUMNS])
-    for cell in ws[1]:
-        cell.font = Font(bold=True)
+    xlsx_table(ws, COLUMNS, (line_dict(x) for x in lines))
     tot = wb.create_sheet("Totals")
     tot.append(["unit", "carrier", "cost"])
     for uid, by in totals(lines).items():

@@ -19,7 +19,6 @@ year; the consumption policy is the one behind every other figure (``service.fet
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import time
@@ -31,6 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from api.accounting import periods
+from api.accounting.report import csv_text, html_page, html_table, xlsx_table
 from api.accounting.service import fetch_curves
 from api.accounting.settings import AccountingSettings
 from api.accounting.units import amount, floor_area, occupants, readings, term_meters, unit_terms
@@ -123,7 +123,8 @@ class AssessmentSettings(_Model):
 
 def _errors(e: ValidationError) -> str:
     return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+        for err in e.errors()
     )
 
 
@@ -138,7 +139,9 @@ def assessment_settings(cfg: CampusConfig, source: str = "<config>") -> Assessme
         raise ConfigError(f"{source}: assessment: {_errors(e)}") from None
     for i, t in enumerate(s.targets):
         if cfg.unit(t.unit) is None:
-            raise ConfigError(f"{source}: assessment.targets[{i}]: unit {t.unit!r} is not defined under units")
+            raise ConfigError(
+                f"{source}: assessment.targets[{i}]: unit {t.unit!r} is not defined under units"
+            )
     cfg.__dict__["_assessment_settings"] = s
     return s
 
@@ -305,13 +308,30 @@ def annual_assessment(
         passed = (score >= st.pass_score) if eligible and score is not None else None
         results.append(
             UnitResult(
-                unit=u.id, name=u.name or u.id, type=u.type, floor_area_m2=area, occupants=people,
-                native=native, previous=prev, kgce_by_carrier=kgce_c, co2_by_carrier=co2_c, kgce=kgce,
-                previous_kgce=prev_kgce, co2_kg=sum(co2_c.values()), kgce_per_m2=figures["kgce_per_m2"],
+                unit=u.id,
+                name=u.name or u.id,
+                type=u.type,
+                floor_area_m2=area,
+                occupants=people,
+                native=native,
+                previous=prev,
+                kgce_by_carrier=kgce_c,
+                co2_by_carrier=co2_c,
+                kgce=kgce,
+                previous_kgce=prev_kgce,
+                co2_kg=sum(co2_c.values()),
+                kgce_per_m2=figures["kgce_per_m2"],
                 kgce_per_person=figures["kgce_per_person"],
-                water_l_per_person_day=figures["water_l_per_person_day"], targets=targets,
-                reduction_targets=reduction_targets, readings_received=rec, readings_expected=exp,
-                completeness=comp, flagged=flagged, override_reason=reason, indicators=inds, score=score,
+                water_l_per_person_day=figures["water_l_per_person_day"],
+                targets=targets,
+                reduction_targets=reduction_targets,
+                readings_received=rec,
+                readings_expected=exp,
+                completeness=comp,
+                flagged=flagged,
+                override_reason=reason,
+                indicators=inds,
+                score=score,
                 passed=passed,
             )  # fmt: skip
         )
@@ -421,8 +441,14 @@ def to_json(a: AnnualAssessment) -> dict[str, Any]:
                 },
                 "targets": r.targets,
                 "indicator_scores": [
-                    {"id": i.id, "weight": i.weight, "actual": _r(i.actual), "target": i.target,
-                     "unit": i.unit, "score": _r(i.score, 2)}
+                    {
+                        "id": i.id,
+                        "weight": i.weight,
+                        "actual": _r(i.actual),
+                        "target": i.target,
+                        "unit": i.unit,
+                        "score": _r(i.score, 2),
+                    }
                     for i in r.indicators
                 ],  # fmt: skip
             }
@@ -434,66 +460,37 @@ def to_json(a: AnnualAssessment) -> dict[str, Any]:
     }
 
 
-def _text(v: Any) -> Any:
-    return "" if v is None else v
-
-
 def to_csv(a: AnnualAssessment) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in a.units:
-        w.writerow({k: _text(v) for k, v in row(r).items()})
-    return buf.getvalue()
+    return csv_text(COLUMNS, (row(r) for r in a.units))
 
 
 def to_html(a: AnnualAssessment) -> str:
     e = html.escape
-    head = "".join(f"<th>{e(c.replace('_', ' '))}</th>" for c in COLUMNS)
-    body = []
-    for r in a.units:
-        d = row(r)
-        cls = ' class="low"' if r.flagged else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{e(str(_text(d[c])))}</td>" for c in COLUMNS) + "</tr>")
-    fac = "".join(
-        f"<tr><td>{e(f['carrier'])}</td><td>{f['kgce_per_unit']:.6g} kgce/{e(f['unit'])}</td>"
-        f"<td>{e(f['kgce_source'])}</td><td>{f['co2_kg_per_unit']:.6g} kg/{e(f['unit'])}</td>"
-        f"<td>{e(f['co2_source'])}</td></tr>"
-        for f in a.factors
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>Annual assessment {a.year}</title>"
-        "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin-bottom:1em}"
-        "td,th{border:1px solid #ccc;padding:2px 6px}tr.low td{background:#fde2e2}</style></head><body>"
-        f"<h1>Annual assessment {a.year} (年度目标考核)</h1>"
+    intro = (
         f"<p>{e(a.start)} to {e(a.end)} ({e(a.timezone)}). Pass line {a.pass_score:g} points. Units shaded red "
         f"have under {a.completeness_threshold:.0%} of the expected readings and are neither passed nor "
         "failed without a recorded override.</p>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        "<h2>Factors</h2><table><thead><tr><th>carrier</th><th>kgce</th><th>source</th><th>CO2</th>"
-        f"<th>source</th></tr></thead><tbody>{fac}</tbody></table></body></html>"
+    )
+    units = html_table(COLUMNS, (row(r) for r in a.units), (r.flagged for r in a.units))
+    facs = [
+        {"carrier": f["carrier"], "kgce": f"{f['kgce_per_unit']:.6g} kgce/{f['unit']}", "kgce_source": f["kgce_source"],
+         "co2": f"{f['co2_kg_per_unit']:.6g} kg/{f['unit']}", "co2_source": f["co2_source"]}
+        for f in a.factors
+    ]  # fmt: skip
+    factors = html_table(["carrier", "kgce", "kgce_source", "co2", "co2_source"], facs)
+    return html_page(
+        f"Annual assessment {a.year} (年度目标考核)", intro + units + "<h2>Factors</h2>" + factors
     )
 
 
 def to_xlsx(a: AnnualAssessment) -> bytes:
     """A workbook for the assessors: results, indicator scores, per-carrier figures and the factors."""
     from openpyxl import Workbook
-    from openpyxl.styles import Font, PatternFill
 
     wb = Workbook()
     ws = wb.active
     ws.title = "Assessment"
-    ws.append(COLUMNS)
-    red = PatternFill("solid", fgColor="FDE2E2")
-    for r in a.units:
-        d = row(r)
-        ws.append([d[c] for c in COLUMNS])
-        if r.flagged:
-            for cell in ws[ws.max_row]:
-                cell.fill = red
-    for cell in ws[1]:
-        cell.font = Font(bold=True)
+    xlsx_table(ws, COLUMNS, (row(r) for r in a.units), (r.flagged for r in a.units))
     ws.freeze_panes = "C2"
     ind = wb.create_sheet("Indicators")
     ind.append(["unit", "indicator", "weight", "actual", "target", "unit_of_measure", "score"])
@@ -501,14 +498,24 @@ def to_xlsx(a: AnnualAssessment) -> bytes:
         for i in r.indicators:
             ind.append([r.unit, i.id, i.weight, _r(i.actual), i.target, i.unit, _r(i.score, 2)])
     car = wb.create_sheet("Carriers")
-    car.append(["unit", "carrier", "amount", "native_unit", "previous_year", "reduction_target", "kgce", "co2_kg"])
+    car.append(
+        ["unit", "carrier", "amount", "native_unit", "previous_year", "reduction_target", "kgce", "co2_kg"]
+    )
     for r in a.units:
         for c in r.native:
             car.append([r.unit, c, round(r.native[c], 4), NATIVE_UNIT[c], round(r.previous[c], 4),
                         _r(r.reduction_targets.get(c)), round(r.kgce_by_carrier[c], 4),
                         round(r.co2_by_carrier[c], 4)])  # fmt: skip
     fs = wb.create_sheet("Factors")
-    keys = ["carrier", "unit", "kgce_per_unit", "kgce_source", "co2_kg_per_unit", "co2_source", "in_comprehensive"]
+    keys = [
+        "carrier",
+        "unit",
+        "kgce_per_unit",
+        "kgce_source",
+        "co2_kg_per_unit",
+        "co2_source",
+        "in_comprehensive",
+    ]
     fs.append(keys)
     for f in a.factors:
         fs.append([f[k] for k in keys])

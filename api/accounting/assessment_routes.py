@@ -13,7 +13,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.accounting import allocation, assessment, fuel, periods
-from api.accounting.measure import Measure, factor
+from api.accounting.measure import MEASURE_DOC, MEASURE_UNIT, Measure, factor
 from api.accounting.routes import _cfg, _influx_errors, _session, _settings, _store
 from api.accounting.units import amount, floor_area, occupants, readings, term_meters, unit_terms
 from api.auth import actor
@@ -24,7 +24,9 @@ from campusmon.db import AssessmentOverride
 from campusmon.factors import FUELS, METERED, NATIVE_UNIT
 from campusmon.quantities import MeterKind
 
-router = APIRouter(tags=["assessment"], responses=errors(422, 503, e503="InfluxDB or the database is unavailable"))
+router = APIRouter(
+    tags=["assessment"], responses=errors(422, 503, e503="InfluxDB or the database is unavailable")
+)
 _XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 _NO_UNIT = errors(404, e404="the unit is not in the campus config")
 
@@ -60,8 +62,12 @@ def list_units(request: Request) -> dict[str, Any]:
     return {
         "units": [
             {
-                "id": u.id, "name": u.name, "type": u.type, "floor_area_m2": round(floor_area(cfg, u), 3),
-                "occupants": round(occupants(cfg, u), 3), "parts": [p.model_dump() for p in u.parts],
+                "id": u.id,
+                "name": u.name,
+                "type": u.type,
+                "floor_area_m2": round(floor_area(cfg, u), 3),
+                "occupants": round(occupants(cfg, u), 3),
+                "parts": [p.model_dump() for p in u.parts],
                 "notify": u.notify,
             }  # fmt: skip
             for u in cfg.units
@@ -74,7 +80,7 @@ def unit_consumption(
     request: Request,
     unit_id: str = Path(pattern=ID_PATTERN, max_length=200),
     year: int | None = Query(None, ge=2000, le=2100),
-    measure: Measure = Query("native", description="native units, kgce or kg CO2"),
+    measure: Measure = Query("native", description=MEASURE_DOC),
 ) -> dict[str, Any]:
     """A unit's consumption of each metered carrier per month of a year, with completeness."""
     from api.accounting.service import fetch_curves
@@ -85,7 +91,9 @@ def unit_consumption(
         raise HTTPException(404, detail=f"unit {unit_id!r} is not in the campus config")
     y = _year(year, request)
     tz = cfg.site.tz
-    bks = periods.buckets(periods.local_midnight(date(y, 1, 1), tz), periods.local_midnight(date(y + 1, 1, 1), tz), "month", tz)
+    bks = periods.buckets(
+        periods.local_midnight(date(y, 1, 1), tz), periods.local_midnight(date(y + 1, 1, 1), tz), "month", tz
+    )
     now = int(time.time())
     terms = {k: unit_terms(cfg, u, MeterKind(k)) for k in METERED}
     meters = term_meters([t for ts in terms.values() for t in ts])
@@ -103,7 +111,7 @@ def unit_consumption(
             pts.append({"label": b.label, "value": round(amount(ts, curves, b.start, b.end) * f, 4),
                         "completeness": round(min(1.0, rec / exp), 4) if exp else None})  # fmt: skip
         series.append({"carrier": k, "unit": NATIVE_UNIT[k] if measure == "native" else
-                       {"kgce": "kgce", "co2": "kgCO2"}[measure], "meters": [m.id for m in ms],
+                       MEASURE_UNIT[measure], "meters": [m.id for m in ms],
                        "total": round(sum(p["value"] for p in pts), 4), "points": pts})  # fmt: skip
     return {"unit": u.id, "year": y, "measure": measure, "series": series}
 
@@ -135,9 +143,16 @@ def run_assessment(request: Request, year: int) -> assessment.AnnualAssessment:
     "/api/v1/assessment/annual",
     response_model=None,
     responses=errors(502)
-    | {200: {"description": "JSON, CSV, HTML or XLSX (see format)",
-             "content": {"text/csv": {"schema": {"type": "string"}}, "text/html": {"schema": {"type": "string"}},
-                         _XLSX: {"schema": {"type": "string", "format": "binary"}}}}},  # fmt: skip
+    | {
+        200: {
+            "description": "JSON, CSV, HTML or XLSX (see format)",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "text/html": {"schema": {"type": "string"}},
+                _XLSX: {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },  # fmt: skip
 )
 def annual(
     request: Request,
@@ -173,7 +188,9 @@ def unit_rankings(
     return {
         "year": a.year,
         "metric": metric,
-        "rankings": [{**r, "rank": i + 1 if i < len(ok) else None, "value": r[metric]} for i, r in enumerate(ok + rest)],
+        "rankings": [
+            {**r, "rank": i + 1 if i < len(ok) else None, "value": r[metric]} for i, r in enumerate(ok + rest)
+        ],
     }
 
 
@@ -184,7 +201,9 @@ class OverrideBody(BaseModel):
     reason: str = Field(min_length=5, max_length=2000, description="why the figures can be judged anyway")
 
 
-@router.post("/api/v1/assessment/overrides", status_code=201, responses=errors(400, 404, 409, e404="unknown unit"))
+@router.post(
+    "/api/v1/assessment/overrides", status_code=201, responses=errors(400, 404, 409, e404="unknown unit")
+)
 def add_override(request: Request, body: OverrideBody) -> dict[str, Any]:
     """Judge a unit under the completeness line anyway; the reason and the assessor are recorded."""
     if _cfg(request).unit(body.unit) is None:
@@ -193,10 +212,18 @@ def add_override(request: Request, body: OverrideBody) -> dict[str, Any]:
         if s.scalars(select(AssessmentOverride).where(AssessmentOverride.year == body.year,
                                                       AssessmentOverride.org_unit == body.unit)).first():  # fmt: skip
             raise HTTPException(409, detail=f"unit {body.unit!r} already has an override for {body.year}")
-        row = AssessmentOverride(year=body.year, org_unit=body.unit, reason=body.reason.strip(), decided_by=actor(request))
+        row = AssessmentOverride(
+            year=body.year, org_unit=body.unit, reason=body.reason.strip(), decided_by=actor(request)
+        )
         s.add(row)
         s.commit()
-        return {"id": row.id, "year": row.year, "unit": row.org_unit, "reason": row.reason, "decided_by": row.decided_by}
+        return {
+            "id": row.id,
+            "year": row.year,
+            "unit": row.org_unit,
+            "reason": row.reason,
+            "decided_by": row.decided_by,
+        }
 
 
 @router.get("/api/v1/assessment/overrides")
@@ -230,7 +257,9 @@ class FuelBody(BaseModel):
     note: str = Field(default="", max_length=2000)
 
 
-@router.post("/api/v1/fuel", status_code=201, responses=errors(400, 409, e409="the receipt is already entered"))
+@router.post(
+    "/api/v1/fuel", status_code=201, responses=errors(400, 409, e409="the receipt is already entered")
+)
 def add_fuel(request: Request, body: FuelBody) -> dict[str, Any]:
     """Enter one delivery or stock-taking; refused with the field and the problem when it does not fit."""
     cfg, acc = _cfg(request), _settings(request)
@@ -241,7 +270,9 @@ def add_fuel(request: Request, body: FuelBody) -> dict[str, Any]:
         try:
             return fuel.add_entry(s, cfg, fx, e, actor(request))
         except fuel.FuelInvalid as err:
-            raise HTTPException(409 if err.conflict else 422, detail=f"{err.field}: {err}" if err.field else str(err)) from None
+            raise HTTPException(
+                409 if err.conflict else 422, detail=f"{err.field}: {err}" if err.field else str(err)
+            ) from None
 
 
 @router.get("/api/v1/fuel")
@@ -254,7 +285,10 @@ def list_fuel(
     first = date.fromisoformat(start) if start else None
     last = date.fromisoformat(end) if end else None
     with _session(request) as s:
-        return {"entries": [fuel.as_dict(r) for r in fuel.entries(s, fuel_name, first, last)], "fuels": list(FUELS)}
+        return {
+            "entries": [fuel.as_dict(r) for r in fuel.entries(s, fuel_name, first, last)],
+            "fuels": list(FUELS),
+        }
 
 
 class ManualReading(BaseModel):

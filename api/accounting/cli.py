@@ -29,6 +29,7 @@ def monthly_report_command(
         None, "--config", help="campus config (default: $CAMPUSMON_CONFIG or campus.yaml)"
     ),
     with_targets: bool = typer.Option(True, "--targets/--no-targets", help="read targets from the database"),
+    measure: str = typer.Option("native", "--measure", help="native | kgce | co2: the unit of every amount"),
 ) -> None:
     """Per building and sub-item: consumption, intensity, target, deviation, cost, CO2, completeness."""
     import json
@@ -41,6 +42,8 @@ def monthly_report_command(
     fmt = fmt or (out.suffix.lstrip(".").lower() if out is not None and out.suffix else "csv")
     if fmt not in ("csv", "json", "html"):
         raise typer.BadParameter(f"{fmt!r} is not csv, json or html", param_hint="--format")
+    if measure not in ("native", "kgce", "co2"):
+        raise typer.BadParameter(f"{measure!r} is not native, kgce or co2", param_hint="--measure")
     try:
         cfg = load_config(config)
         settings = accounting_settings(cfg, str(config or "campus config"))
@@ -73,8 +76,16 @@ def monthly_report_command(
         raise typer.Exit(1) from None
     finally:
         store.close()
-    text = {"csv": report.to_csv, "html": report.to_html}.get(fmt)
-    body = text(rep) if text else json.dumps(report.to_json(rep), ensure_ascii=False, indent=2) + "\n"
+    from api.accounting import measure as measures
+
+    rep = measures.report_in(rep, cfg, settings, measure)
+    if fmt == "csv":
+        body = report.to_csv(rep)
+    elif fmt == "html":
+        body = report.to_html(rep, measure)
+    else:
+        totals = None if measure == "native" else measures.totals(rep, cfg, settings, measure)
+        body = json.dumps(report.to_json(rep, measure, totals), ensure_ascii=False, indent=2) + "\n"
     if out is None:
         sys.stdout.write(body)
         return

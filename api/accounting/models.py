@@ -31,7 +31,12 @@ class Target(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
-    __table_args__ = (Index("ix_targets_scope", "scope", "scope_id", "kind", "category"),)
+    # AUTOINCREMENT: SQLite would otherwise hand a deleted newest target's id to the next one, whose
+    # audit history (kept by target id) would then begin with the deleted target's.
+    __table_args__ = (
+        Index("ix_targets_scope", "scope", "scope_id", "kind", "category"),
+        {"sqlite_autoincrement": True},
+    )
 
 
 class TargetAudit(Base):

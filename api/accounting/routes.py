@@ -16,11 +16,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat,
 from pydantic.fields import FieldInfo
 from sqlalchemy.orm import Session
 
+from api.accounting import measure as measures
 from api.accounting import periods, service, target_repo
 from api.accounting.campus import ScopeError, parse_scope
 from api.accounting.report import to_csv, to_html, to_json
 from api.accounting.settings import AccountingSettings, accounting_settings
 from api.accounting.targets import ScopeType, TargetInvalid, TargetSpec, validate_spec
+from api.accounting.units import unit_series, units_month
 from api.auth import actor
 from api.deps import ID_PATTERN, RowId, errors
 from api.timeparse import LOCAL_TIME_DOC, LOCAL_TIME_PATTERN, MONTH_PATTERN, PATTERN_HINTS
@@ -34,12 +36,11 @@ router = APIRouter(
 )
 _INFLUX = errors(502)
 _NO_TARGET = errors(404, e404="no such target")
-SCOPE_PATTERN = (
-    "^(?:campus|(?:building|meter):[A-Za-z0-9_.-]{1,200}|group:.{1,200}|category:[0-9]{2}[A-Z0-9]{3,20})$"
-)
+SCOPE_PATTERN = "^(?:campus|(?:building|meter|unit):[A-Za-z0-9_.-]{1,200}|group:.{1,200}|category:[0-9]{2}[A-Z0-9]{3,20})$"
 CATEGORY_PATTERN = r"^(?:[0-9]{2}[A-Z0-9]{3,20})?$"
 PATTERN_HINTS[SCOPE_PATTERN] = (
-    "use campus, building:<id>, group:<name>, category:<code> (a sub-item code such as 01A00) or meter:<id>"
+    "use campus, building:<id>, group:<name>, category:<code> (a sub-item code such as 01A00), meter:<id> or "
+    "unit:<id>"
 )
 PATTERN_HINTS[CATEGORY_PATTERN] = "not a sub-item code such as 01A00 or 02000"
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -57,12 +58,12 @@ IsoDate = Annotated[date, BeforeValidator(_date_text), WithJsonSchema({"type": "
 
 class TargetBody(TargetSpec):
     """An energy-saving target. Besides the field types: ``scope_id`` is empty for ``campus`` and names a
-    building or group otherwise; ``period`` is required for a ``quota`` and absent for other types; a
+    building, group or unit otherwise (a unit's target covers a whole carrier, no sub-item); ``period`` is required for a ``quota`` and absent for other types; a
     ``reduction`` is under 100 (percent) and alone takes ``baseline_start``/``baseline_end`` (both or
     neither, in order); ``valid_to`` is not before ``valid_from``; ``kind`` follows from ``category``
     (codes 02... are water) and must agree with it when both are given."""
 
-    scope_id: str = Field(default="", max_length=200, description="building id or group name")
+    scope_id: str = Field(default="", max_length=200, description="building id, group name or unit id")
     category: str = Field(default="", pattern=CATEGORY_PATTERN, description="sub-item code, e.g. 01A00")
     value: StrictFloat = Field(
         gt=0, description="see the type: kWh or m3, per m2 and year, per person and day, or %"
@@ -149,7 +150,7 @@ _DEFAULT_SPAN = {"hour": "day", "day": "month", "week": "month", "month": "year"
     responses=_INFLUX
     | errors(
         404,
-        e404="the scope's building, meter or group is not in the campus config",
+        e404="the scope's building, meter, group or unit is not in the campus config",
         e422="invalid parameter, end not after start, or a range over three years",
     ),
 )
@@ -158,24 +159,40 @@ def consumption(
     scope: str = Query(
         "campus",
         pattern=SCOPE_PATTERN,
-        description="campus | building:<id> | group:<name> | category:<code> | meter:<id>",
+        description="campus | building:<id> | group:<name> | category:<code> | meter:<id> | unit:<id>",
     ),
     period: periods.Period = Query("day"),
     start: str | None = Query(
         None, pattern=LOCAL_TIME_PATTERN, description=LOCAL_TIME_DOC + "; default: start of the current span"
     ),
     end: str | None = Query(None, pattern=LOCAL_TIME_PATTERN, description="exclusive; default: now"),
+    measure: measures.Measure = Query("native", description=measures.MEASURE_DOC),
 ) -> dict[str, Any]:
     cfg, settings = _cfg(request), _settings(request)
     tz = cfg.site.tz
     now = int(time.time())
     with _influx_errors():
-        sc = parse_scope(scope, cfg)
+        unit = None
+        if scope.startswith("unit:"):
+            unit = cfg.unit(scope.removeprefix("unit:"))
+            if unit is None:
+                raise ScopeError(
+                    f"unit {scope.removeprefix('unit:')!r} is not in the campus config", not_found=True
+                )
+        sc = parse_scope("campus" if unit is not None else scope, cfg)
         t0 = periods.parse_local(start, tz) if start else periods.floor(now, _DEFAULT_SPAN[period], tz)  # type: ignore[arg-type]
         t1 = periods.parse_local(end, tz) if end else now
         if t1 <= t0:
             raise ValueError("end must be after start")
-        return service.consumption_series(_store(request), cfg, settings, sc, period, t0, t1, now)
+        if (t1 - t0) // 3600 > service.MAX_HOURS:  # refused before hundreds of thousands of buckets are built
+            raise ValueError(
+                f"the range spans {(t1 - t0) // 3600} hours; at most {service.MAX_HOURS} (three years)"
+            )
+        if unit is not None:
+            out = unit_series(_store(request), cfg, settings, unit, period, t0, t1, now)
+        else:
+            out = service.consumption_series(_store(request), cfg, settings, sc, period, t0, t1, now)
+    return measures.consumption_in(out, cfg, settings, measure)
 
 
 @router.get(
@@ -190,13 +207,15 @@ def building_summary(
         pattern=LOCAL_TIME_PATTERN,
         description="evaluate as of this time (default: now): " + LOCAL_TIME_DOC,
     ),
+    measure: measures.Measure = Query("native", description=measures.MEASURE_DOC),
 ) -> dict[str, Any]:
     cfg, settings = _cfg(request), _settings(request)
     if cfg.building(building_id) is None:
         raise HTTPException(404, detail=f"building {building_id!r} is not in the campus config")
     with _influx_errors():
         now = periods.parse_local(at, cfg.site.tz) if at else int(time.time())
-        return service.building_summary(_store(request), cfg, settings, building_id, _targets(request), now)
+        out = service.building_summary(_store(request), cfg, settings, building_id, _targets(request), now)
+    return measures.summary_in(out, cfg, settings, measure)
 
 
 @router.get("/api/v1/rankings", responses=_INFLUX)
@@ -206,6 +225,7 @@ def rankings(
     month: str | None = Query(None, pattern=MONTH_PATTERN, description="YYYY-MM (default: this month)"),
     metric: Literal[service.METRICS] = Query("intensity"),  # type: ignore[valid-type]
     kind: MeterKind = Query(MeterKind.ELECTRICITY),
+    measure: measures.Measure = Query("native", description=measures.MEASURE_DOC),
 ) -> dict[str, Any]:
     cfg, settings = _cfg(request), _settings(request)
     now = int(time.time())
@@ -213,11 +233,14 @@ def rankings(
         rep = service.monthly_report(
             _store(request), cfg, settings, _month(month, cfg, now), _targets(request), now
         )
+    rows = service.rankings(rep, metric, kind)
+    converted = measures.report_in(rep, cfg, settings, measure)
     return {
         "month": rep.month,
         "metric": metric,
         "kind": kind.value,
-        "rankings": service.rankings(rep, metric, kind),
+        "measure": measure,
+        "rankings": measures.rankings_in(rows, converted, kind.value, metric, measure),
     }
 
 
@@ -239,6 +262,9 @@ def monthly_report(
     request: Request,
     month: str | None = Query(None, pattern=MONTH_PATTERN, description="YYYY-MM (default: this month)"),
     format: Literal["json", "csv", "html"] = Query("json"),
+    measure: measures.Measure = Query(
+        "native", description=measures.MEASURE_DOC + "; JSON adds each scope's total over carriers"
+    ),
 ) -> Response | dict[str, Any]:
     cfg, settings = _cfg(request), _settings(request)
     now = int(time.time())
@@ -246,13 +272,21 @@ def monthly_report(
         rep = service.monthly_report(
             _store(request), cfg, settings, _month(month, cfg, now), _targets(request), now
         )
+    rep = measures.report_in(rep, cfg, settings, measure)
     if format == "csv":
-        name = f"campus-report-{rep.month}.csv"
+        name = f"campus-report-{rep.month}{'' if measure == 'native' else '-' + measure}.csv"
         return Response(to_csv(rep), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
     if format == "html":
-        return HTMLResponse(to_html(rep))
-    return to_json(rep)
+        return HTMLResponse(to_html(rep, measure))
+    totals = None if measure == "native" else measures.totals(rep, cfg, settings, measure)
+    out = to_json(rep, measure, totals)
+    if cfg.units:  # each organisational unit's month, its shares of shared buildings included
+        bucket = periods.month_range(rep.month, cfg.site.tz)
+        per = measures.carrier_factor(cfg, settings, measure, int(rep.month[:4]))
+        with _influx_errors():
+            out["units"] = units_month(_store(request), cfg, settings, bucket.start, bucket.end, now, per)
+    return out
 
 
 # --- targets -----------------------------------------------------------------------------------

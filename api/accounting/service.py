@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from operator import mul
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from api.accounting import periods
 from api.accounting.campus import (
@@ -130,8 +131,22 @@ def fetch_curves(
     start: int,
     end: int,
     settings: AccountingSettings,
+    use_rollups: bool = False,
+    upto: int | None = None,
 ) -> dict[str, Curve]:
+    """Each meter's consumption over ``[start, end)``, from raw registers or (``use_rollups``) hours.
+
+    With ``use_rollups`` the curves answer from hourly rollups where they are final (whole local
+    hours only: ``deltas``, ``between``, ``count_in`` at hour starts, events, ``last_ts``); the
+    figures below use them. ``upto`` is the evaluation time (completeness counts end there).
+    """
     with bulk_decoding():
+        if use_rollups:
+            from api.accounting.rolled import fetch_rolled
+
+            got = fetch_rolled(store, cfg, meters, start, end, settings, upto)
+            if got is not None:
+                return got  # type: ignore[return-value]  # a RolledCurve answers as a Curve does
         return curves_from(run_query(store, statements(cfg, meters, start, end, settings)), meters)
 
 
@@ -255,6 +270,7 @@ def consumption_series(
     start: int,
     end: int,
     now: int | None = None,
+    use_rollups: bool | None = None,
 ) -> dict[str, Any]:
     """Consumption, cost and CO2 of a scope per local period, with completeness and policy events."""
     tz = cfg.site.tz
@@ -267,7 +283,8 @@ def consumption_series(
     all_meters = [m for ms in chosen.values() for m in ms]
     lo, hi = bks[0].start, bks[-1].end
     grid = Grid.build(bks, cfg, settings)
-    curves = fetch_curves(store, cfg, all_meters, lo, hi, settings)
+    use = cfg.rollups.enabled if use_rollups is None else use_rollups
+    curves = fetch_curves(store, cfg, all_meters, lo, hi, settings, use, now)
     out_series = []
     for kind, ms in chosen.items():
         if not ms:
@@ -334,6 +351,11 @@ TargetRecord = tuple[int | None, TargetSpec]
 
 
 def _area_people(cfg: CampusConfig, scope: str, scope_id: str) -> tuple[float, int]:
+    if scope == "unit":  # its floor-area shares of buildings, as the assessment counts them
+        from api.accounting import units
+
+        u = cfg.unit(scope_id)
+        return (0.0, 0) if u is None else (units.floor_area(cfg, u), round(units.occupants(cfg, u)))
     bs = [
         b
         for b in cfg.buildings
@@ -359,7 +381,7 @@ class Baselines:
         meters: Sequence[Meter],
     ) -> None:
         for w in sorted(windows - set(self.values)):
-            self.values[w] = fetch_curves(store, cfg, meters, w[0], w[1], settings)
+            self.values[w] = fetch_curves(store, cfg, meters, w[0], w[1], settings, cfg.rollups.enabled)
 
     def amount(self, window: tuple[int, int], meters: Sequence[Meter]) -> float | None:
         """The meters' consumption in the window; None when none of them reported then (no baseline)."""
@@ -367,6 +389,15 @@ class Baselines:
         if not any(c.count_in(*window) for c in cs):
             return None
         return sum(c.between(*window) for c in cs)
+
+    def terms_amount(self, window: tuple[int, int], terms: Sequence[Any]) -> float | None:
+        """A unit's consumption in the window, its shares applied; None when none of its meters reported."""
+        from api.accounting.units import amount, term_meters
+
+        curves = self.values.get(window, {})
+        if not any(c.count_in(*window) for m in term_meters(terms) if (c := curves.get(m.id)) is not None):
+            return None
+        return amount(terms, curves, *window)
 
 
 def baseline_window(spec: TargetSpec, bucket: Bucket, period: Period, tz: Any) -> tuple[int, int]:
@@ -396,8 +427,12 @@ def evaluate_targets(
     bucket: Bucket,
     period: Period,
     baselines: Baselines | None = None,
+    terms: Sequence[Any] | None = None,
 ) -> Allowance | None:
-    """The binding allowance of the targets that apply to one row (``meters``) over one bucket."""
+    """The binding allowance of the targets that apply to one row (``meters``) over one bucket.
+
+    ``terms`` (a unit's ``units.Term`` list) make a reduction's baseline the unit's share, not a plain sum.
+    """
     tz = cfg.site.tz
     first, days = _days(bucket.start, bucket.end, tz)
     last = first + timedelta(days=days - 1)
@@ -409,7 +444,12 @@ def evaluate_targets(
         base = None
         if spec.type == "reduction":
             w = baseline_window(spec, bucket, period, tz)
-            amt = baselines.amount(w, meters) if baselines is not None else None
+            if baselines is None:
+                amt = None
+            elif terms is not None:
+                amt = baselines.terms_amount(w, terms)
+            else:
+                amt = baselines.amount(w, meters)
             base = None if amt is None else (amt, _days(w[0], w[1], tz)[1])
         a = allowance(spec, first, days, area, people, base, tid)
         if a is not None:
@@ -498,12 +538,37 @@ def _row(
     rec, exp = completeness(ms, curves, bucket.start, min(bucket.end, max(now, bucket.start)))
     comp = share(rec, exp)
     a = evaluate_targets(cfg, targets, scope, scope_id, kind, code, ms, bucket, "month", baselines)
-    per_cap_unit = 1000.0 if kind is MeterKind.WATER else 1.0
     ids = {m.id for m in ms}
     evs = [e for mid in ids for e in curves[mid].events if bucket.start <= e.ts < bucket.end]
     est = sum(
         x[2] for mid in ids for x in curves[mid].estimated if bucket.start <= x[1] and x[0] < bucket.end
     )
+    return _assemble(
+        settings, bucket, tz, (scope, scope_id, name, btype), code, kind, value, cost, (area, people, days),
+        (rec, exp, comp), a, evs, est,
+    )  # fmt: skip
+
+
+def _assemble(
+    settings: AccountingSettings,
+    bucket: Bucket,
+    tz: ZoneInfo,
+    who: tuple[str, str, str, str],
+    code: str,
+    kind: MeterKind,
+    value: float,
+    cost: float | None,
+    size: tuple[float, float, int | float],
+    counts: tuple[int, int, float],
+    a: Any,
+    evs: Sequence[Any],
+    est: float,
+) -> ReportRow:
+    """One report row from what a building, group, campus or unit row computed its own way."""
+    scope, scope_id, name, btype = who
+    area, people, days = size
+    rec, exp, comp = counts
+    per_cap_unit = 1000.0 if kind is MeterKind.WATER else 1.0
     return ReportRow(
         month=bucket.label,
         scope=scope,
@@ -537,6 +602,49 @@ def _row(
     )
 
 
+def _unit_row(
+    cfg: CampusConfig,
+    settings: AccountingSettings,
+    curves: dict[str, Curve],
+    targets: Sequence[TargetRecord],
+    baselines: Baselines,
+    bucket: Bucket,
+    now: int,
+    unit: Any,
+    kind: MeterKind,
+    terms: Sequence[Any],
+) -> ReportRow:
+    """A unit's month of one carrier: its shares of buildings applied (``units.amount``), as everywhere.
+
+    No cost: a unit's bill splits shared meters hour by hour (``/api/v1/allocation/monthly``).
+    """
+    from api.accounting.units import amount, term_meters
+
+    tz = cfg.site.tz
+    code = KIND_CODE[kind]
+    ms = term_meters(terms)
+    value = amount(terms, curves, bucket.start, bucket.end)
+    area, people = _area_people(cfg, "unit", unit.id)
+    _, days = _days(bucket.start, bucket.end, tz)
+    rec, exp = completeness(ms, curves, bucket.start, min(bucket.end, max(now, bucket.start)))
+    comp = share(rec, exp)
+    a = evaluate_targets(cfg, targets, "unit", unit.id, kind, code, ms, bucket, "month", baselines, terms)
+    ids = {m.id for m in ms}
+    evs = [e for mid in ids if mid in curves for e in curves[mid].events if bucket.start <= e.ts < bucket.end]
+    est = sum(
+        t.factor * x[2]
+        for t in terms
+        for m in t.meters
+        if m.id in curves
+        for x in curves[m.id].estimated
+        if bucket.start <= x[1] and x[0] < bucket.end
+    )
+    return _assemble(
+        settings, bucket, tz, ("unit", unit.id, unit.name or unit.id, ""), code, kind, value, None,
+        (area, people, days), (rec, exp, comp), a, evs, est,
+    )  # fmt: skip
+
+
 def monthly_report(
     store: InfluxStore,
     cfg: CampusConfig,
@@ -545,8 +653,9 @@ def monthly_report(
     targets: Sequence[TargetRecord] = (),
     now: int | None = None,
     progress: Callable[[str], None] | None = None,
+    use_rollups: bool | None = None,
 ) -> MonthlyReport:
-    """Per building and sub-item, then per group and for the campus: one InfluxDB request for the month.
+    """Per building and sub-item, then per group, per unit and for the campus: one InfluxDB request for the month.
 
     ``progress`` is called once per building (the command line draws its bar with it).
     """
@@ -554,7 +663,18 @@ def monthly_report(
     now = int(time.time()) if now is None else now
     bucket = periods.month_range(month, tz)
     grid = Grid.build([bucket], cfg, settings)
-    curves = fetch_curves(store, cfg, cfg.meters, bucket.start, bucket.end, settings)
+    folded = None
+    if (cfg.rollups.enabled if use_rollups is None else use_rollups) and now >= bucket.end:
+        from api.accounting.rolled import month_by_hour_of_day
+
+        # A closed month: InfluxDB sums the rolled-up hours per meter and hour of day.
+        with bulk_decoding():
+            folded = month_by_hour_of_day(store, cfg, settings, grid)
+    if folded is not None:
+        grid, curves = folded  # type: ignore[assignment]
+    else:
+        use = cfg.rollups.enabled if use_rollups is None else use_rollups
+        curves = fetch_curves(store, cfg, cfg.meters, bucket.start, bucket.end, settings, use, now)
     baselines = Baselines()
     windows = baseline_windows(cfg, targets, bucket, "month")
     if windows:
@@ -574,6 +694,15 @@ def monthly_report(
         for kind in kinds:
             ms = scope_meters(cfg, Scope("group", g), kind)
             rows.append(_row(*common, "group", g, g, "", KIND_CODE[kind], kind, ms))
+    if cfg.units:
+        from api.accounting.units import unit_terms
+
+        for u in cfg.units:  # each organisational unit, its floor-area shares of shared buildings applied
+            for kind in kinds:
+                if terms := unit_terms(cfg, u, kind):
+                    rows.append(
+                        _unit_row(cfg, settings, curves, targets, baselines, bucket, now, u, kind, terms)
+                    )
     for kind in kinds:
         ms = scope_meters(cfg, Scope("campus"), kind)
         rows.append(_row(*common, "campus", "", cfg.site.name, "", KIND_CODE[kind], kind, ms))
@@ -668,7 +797,7 @@ def building_summary(
         (code, kind, ms) for code, kind, ms in building_rows(cfg, building_id) if code in KIND_CODE.values()
     ]
     meters = [m for _, _, ms in rows for m in ms]
-    curves = fetch_curves(store, cfg, meters, month.start, now, settings)
+    curves = fetch_curves(store, cfg, meters, month.start, now, settings, cfg.rollups.enabled, now)
     baselines = Baselines()
     windows = baseline_windows(cfg, targets, month, "month") | baseline_windows(cfg, targets, today, "day")
     if windows:

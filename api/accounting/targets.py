@@ -25,7 +25,7 @@ from campusmon.config import CampusConfig
 from campusmon.quantities import MeterKind
 
 TargetType = Literal["quota", "intensity", "per_capita", "reduction"]
-ScopeType = Literal["building", "group", "campus"]
+ScopeType = Literal["building", "group", "unit", "campus"]
 
 
 class TargetSpec(BaseModel):
@@ -100,7 +100,7 @@ class TargetInvalid(ValueError):
 
 
 def validate_spec(data: Any, cfg: CampusConfig) -> TargetSpec:
-    """Parse and check a target against the campus (does its building or group exist?)."""
+    """Parse and check a target against the campus (does its building, group or unit exist?)."""
     if not isinstance(data, dict):
         raise TargetInvalid("body: expected a JSON object")
     try:
@@ -115,6 +115,15 @@ def validate_spec(data: Any, cfg: CampusConfig) -> TargetSpec:
         raise TargetInvalid(f"scope_id: building {spec.scope_id!r} is not in the campus config")
     if spec.scope == "group" and not any(b.group == spec.scope_id for b in cfg.buildings):
         raise TargetInvalid(f"scope_id: no building is in group {spec.scope_id!r}")
+    if spec.scope == "unit":
+        # A unit's figures are whole carriers (its shares apply to a building's total), never sub-items.
+        if cfg.unit(spec.scope_id) is None:
+            raise TargetInvalid(f"scope_id: unit {spec.scope_id!r} is not in the campus config (units:)")
+        whole = KIND_CODE[spec.kind or MeterKind.ELECTRICITY]
+        if spec.category != whole:
+            raise TargetInvalid(
+                f"category: a unit target covers a whole carrier ({whole}), not the sub-item {spec.category}"
+            )
     return spec
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from api.accounting.campus import Scope, highest, scope_meters
 from api.accounting.consumption import Curve
 from api.accounting.service import expected_readings
 from campusmon.config import Building, CampusConfig, Meter
-from campusmon.quantities import MeterKind
+from campusmon.quantities import QUANTITIES, REGISTER, MeterKind
 from campusmon.units import OrgUnit, UnitPart
 
 
@@ -119,3 +120,120 @@ def building_shares(cfg: CampusConfig, building: str) -> list[tuple[str, float]]
 def units_of_building(cfg: CampusConfig, building: str) -> list[str]:
     """Every unit with any part in a building (for routing its alerts)."""
     return [u.id for u in cfg.units if any(p.building == building for p in u.parts)]
+
+
+def unit_series(
+    store: Any,
+    cfg: CampusConfig,
+    acc: Any,
+    unit: OrgUnit,
+    period: str,
+    start: int,
+    end: int,
+    now: int,
+) -> dict[str, Any]:
+    """``/consumption?scope=unit:<id>``: a unit's consumption of each metered carrier per local period.
+
+    The same shape as a building's series. Cost is left out (a unit's bill splits shared meters
+    hour by hour: ``/api/v1/allocation/monthly``); CO2 is given for electricity, as for buildings.
+    """
+    from api.accounting import periods
+    from api.accounting.service import MAX_HOURS, co2_kg, fetch_curves
+
+    tz = cfg.site.tz
+    bks = periods.buckets(start, end, period, tz)  # type: ignore[arg-type]
+    if not bks:
+        raise ValueError("end must be after start")
+    lo, hi = bks[0].start, bks[-1].end
+    if (hi - lo) // 3600 > MAX_HOURS:
+        raise ValueError(f"the range spans {(hi - lo) // 3600} hours; at most {MAX_HOURS} (three years)")
+    terms = {k: unit_terms(cfg, unit, k) for k in MeterKind}
+    meters = term_meters([t for ts in terms.values() for t in ts])
+    curves = fetch_curves(store, cfg, meters, lo, hi, acc) if meters else {}
+    series = []
+    for kind, ts in terms.items():
+        if not ts:
+            continue
+        ms = term_meters(ts)
+        points = []
+        for b in bks:
+            v = amount(ts, curves, b.start, b.end)
+            rec, exp = readings(ms, curves, b.start, min(b.end, max(now, b.start)))
+            co2 = co2_kg(acc, kind, v, periods.local_date(b.start, tz).year)
+            points.append(
+                {
+                    "label": b.label,
+                    "start": periods.iso(b.start, tz),
+                    "end": periods.iso(b.end, tz),
+                    "hours": b.hours,
+                    "value": round(v, 4),
+                    "cost": None,
+                    "co2_kg": None if co2 is None else round(co2, 3),
+                    "readings": rec,
+                    "expected_readings": exp,
+                    "completeness": round(min(1.0, rec / exp), 4) if exp else 0.0,
+                }
+            )
+        series.append(
+            {
+                "kind": kind.value,
+                "quantity": REGISTER[kind],
+                "unit": QUANTITIES[REGISTER[kind]].unit,
+                "meters": [m.id for m in ms],
+                "shares": [
+                    {"factor": t.factor, "meters": [m.id for m in t.meters], "minus": [m.id for m in t.minus]}
+                    for t in ts
+                ],  # fmt: skip
+                "total": round(sum(p["value"] for p in points), 4),
+                "cost": None,
+                "co2_kg": round(sum(p["co2_kg"] or 0.0 for p in points), 3)
+                if kind is MeterKind.ELECTRICITY
+                else None,
+                "points": points,
+            }
+        )
+    return {
+        "scope": f"unit:{unit.id}",
+        "period": period,
+        "timezone": cfg.site.timezone,
+        "start": periods.iso(lo, tz),
+        "end": periods.iso(hi, tz),
+        "currency": acc.tariffs.currency,
+        "co2_factor": acc.tariffs.co2_factor(periods.local_date(lo, tz).year).model_dump(),
+        "series": series,
+        "events": [],
+        "events_total": 0,
+    }
+
+
+def units_month(
+    store: Any, cfg: CampusConfig, acc: Any, start: int, end: int, now: int, measure_factor: Any
+) -> list[dict[str, Any]]:
+    """Every unit's consumption of each carrier over one month, for the monthly report (one request).
+
+    ``measure_factor(carrier)`` converts a native amount (1.0 for native units); the total adds the
+    carriers ``measure_factor`` marks as summable (``None``: no total, as for native units).
+    """
+    from api.accounting.service import fetch_curves
+
+    terms = {(u.id, k): unit_terms(cfg, u, k) for u in cfg.units for k in MeterKind}
+    meters = term_meters([t for ts in terms.values() for t in ts])
+    curves = fetch_curves(store, cfg, meters, start, end, acc) if meters else {}
+    out = []
+    for u in cfg.units:
+        carriers = []
+        total: float | None = None
+        for k in MeterKind:
+            ts = terms[(u.id, k)]
+            if not ts:
+                continue
+            f, unit_name, summed = measure_factor(k.value)
+            v = amount(ts, curves, start, end) * f
+            rec, exp = readings(term_meters(ts), curves, start, min(end, max(now, start)))
+            carriers.append({"carrier": k.value, "amount": round(v, 4), "unit": unit_name,
+                             "completeness": round(min(1.0, rec / exp), 4) if exp else 0.0})  # fmt: skip
+            if summed:
+                total = (total or 0.0) + v
+        out.append({"unit": u.id, "name": u.name or u.id, "carriers": carriers,
+                    "total": None if total is None else round(total, 3)})  # fmt: skip
+    return out

@@ -251,6 +251,13 @@ def parse_alerts(cfg: CampusConfig, source: str = "<config>") -> AlertsConfig:
         for b in s.buildings:
             if cfg.building(b) is None:
                 errors.append(f"alerts.silences[{i}].buildings: building {b!r} is not defined")
+    hooks = {w.name for w in settings.webhooks}
+    for i, u in enumerate(cfg.units):
+        for name in u.notify:
+            if name not in hooks:
+                errors.append(f"units[{i}] ({u.id}).notify: {name!r} is not a webhook under alerts.webhooks")
+        if u.email and settings.smtp is None:
+            errors.append(f"units[{i}] ({u.id}).email: needs alerts.smtp, the server that sends it")
     if errors:
         raise ConfigError("\n".join(f"{source}: {e}" for e in errors))
     return AlertsConfig(cfg, settings)

@@ -13,6 +13,7 @@ from api.alerts.config import AlertsConfig
 from api.alerts.rules import RULES
 from api.alerts.rules.base import Finding
 from campusmon.config import CampusConfig
+from campusmon.quantities import MeterKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +41,17 @@ def price(cfg: CampusConfig, acfg: AlertsConfig, unit: str, ts: int) -> tuple[fl
     return (cost.electricity_per_kwh if unit == "kWh" else cost.water_per_m3), cost.currency
 
 
+UNPRICED = (MeterKind.GAS, MeterKind.HEAT)
+
+
 def cost_of(cfg: CampusConfig, acfg: AlertsConfig, f: Finding) -> Cost:
-    if f.waste_per_day is None or f.waste_unit not in ("kWh", "m3"):
+    meter = cfg.meter(f.meter) if f.meter else None
+    if (
+        f.waste_per_day is None
+        or f.waste_unit not in ("kWh", "m3")
+        or (meter is not None and meter.kind in UNPRICED)
+    ):
+        # heat kWh and gas m3 have no tariff: no invented price
         return Cost(None, acfg.settings.cost.currency)
     p, currency = price(cfg, acfg, f.waste_unit, f.ts)
     return Cost(None if p is None else f.waste_per_day * p, currency)
@@ -203,6 +213,9 @@ def where(cfg: CampusConfig, f: Finding) -> str:
         return f"{gname}, {bname}" if f.subject.building else gname
     if f.subject.kind == "campus":
         return cfg.site.name or "the campus"
+    if f.subject.kind == "unit":
+        u = cfg.unit(f.subject.id)
+        return (u.name or u.id) if u else f.subject.id
     return bname or f.subject.id
 
 

@@ -18,12 +18,15 @@ from zoneinfo import ZoneInfo
 
 from api.accounting.consumption import Curve, Event, Limits, derive
 from api.accounting.periods import hour_starts
+from campusmon import quantities
 from campusmon.config import Building, CampusConfig, Meter
 from campusmon.quantities import MeterKind
 
-REGISTER = {MeterKind.ELECTRICITY: "energy_kwh", MeterKind.WATER: "volume_m3"}
-RATE = {MeterKind.ELECTRICITY: "power_w", MeterKind.WATER: "flow_m3h"}
-UNIT = {MeterKind.ELECTRICITY: "kWh", MeterKind.WATER: "m3"}
+# Every meter kind's register and rate (gas and heat too, so silent or stuck meters of any kind are
+# seen); rules for one carrier only (leaks, after-hours power) pick their kind themselves.
+REGISTER: dict[MeterKind, str] = dict(quantities.REGISTER)
+RATE: dict[MeterKind, str] = dict(quantities.RATE)
+UNIT = {k: quantities.QUANTITIES[q].unit for k, q in REGISTER.items()}
 
 
 class OccupancyCalendar(Protocol):

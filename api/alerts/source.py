@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -163,6 +163,9 @@ def load_quotas(cfg: CampusConfig, sessions: sessionmaker | None, first_day: obj
         if first_day is not None and not in_force(spec, first_day, first_day):  # type: ignore[arg-type]
             continue
         kind = spec.kind or MeterKind.ELECTRICITY
+        if spec.scope == "unit":
+            out.extend(_unit_quota(cfg, tid, spec, kind))
+            continue
         scope = Scope(spec.scope, spec.scope_id)
         ms = scope_meters(cfg, scope, kind)
         if spec.category and spec.category not in ("01000", "02000"):
@@ -195,6 +198,34 @@ def load_quotas(cfg: CampusConfig, sessions: sessionmaker | None, first_day: obj
             )
         )
     return out
+
+
+def _unit_quota(cfg: CampusConfig, tid: int | None, spec: Any, kind: MeterKind) -> list[Quota]:
+    """A unit's quota counts its shares as accounting does (``api.accounting.units``); none for a unit
+    no longer in the config."""
+    from api.accounting.units import term_meters, unit_terms
+
+    unit = cfg.unit(spec.scope_id)
+    if unit is None:
+        return []
+    terms = unit_terms(cfg, unit, kind)
+    return [
+        Quota(
+            scope="unit",
+            id=unit.id,
+            kind=kind.value,
+            period=spec.period or "month",
+            limit=spec.value,
+            name=spec.name,
+            meters=tuple(m.id for m in term_meters(terms)),
+            terms=tuple(
+                (t.factor, tuple(m.id for m in t.meters), tuple(m.id for m in t.minus)) for t in terms
+            ),
+            target_id=tid,
+            valid_from=spec.valid_from,
+            valid_to=spec.valid_to,
+        )
+    ]
 
 
 def _in_scope(cfg: CampusConfig, m: Meter, scope: str, scope_id: str) -> bool:

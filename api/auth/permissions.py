@@ -132,6 +132,21 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
     ("GET", C + "/alerts"): P("read", "filtered"),
     ("GET", C + "/alerts/{alert_id:int}/card"): P("read", "alert:alert_id"),
     ("GET", C + "/data/alerts/{alert_id:int}/evidence"): P("read", "alert:alert_id"),
+    # console targets (writes go through the API's own target functions), reports, admin
+    ("GET", C + "/targets"): P("read", "campus"),
+    ("POST", C + "/targets"): P("operate", "campus"),
+    ("GET", C + "/targets/{target_id:int}"): P("read", "target:target_id"),
+    ("POST", C + "/targets/{target_id:int}"): P("operate", "campus"),
+    ("POST", C + "/targets/{target_id:int}/delete"): P("operate", "target:target_id"),
+    ("GET", C + "/reports"): P("read", "campus"),
+    ("GET", C + "/admin"): P("admin", "campus"),
+    ("POST", C + "/admin/users"): P("admin", "campus"),
+    ("POST", C + "/admin/users/{name}"): P("admin", "campus"),
+    ("POST", C + "/admin/tokens"): P("admin", "campus"),
+    ("POST", C + "/admin/tokens/{token_id:int}/revoke"): P("admin", "campus"),
+    ("POST", C + "/admin/devices"): P("admin", "campus"),
+    ("POST", C + "/admin/devices/{name}/rotate"): P("admin", "campus"),
+    ("POST", C + "/admin/devices/{name}/revoke"): P("admin", "campus"),
 }
 
 

@@ -160,6 +160,8 @@ def quota_gauge(_: Gettext, month: dict[str, Any], unit: str) -> dict[str, Any]:
             "min": 0,
             "max": top,
             "axisLine": {"lineStyle": {"width": 12, "color": stops}},
+            "splitNumber": 4,
+            "axisLabel": {"distance": 16, "fontSize": 10},
             "pointer": {"width": 5},
             "detail": {"valueAnimation": False, "fontSize": 16, "offsetCenter": [0, "70%"]},
             "title": {"offsetCenter": [0, "95%"], "fontSize": 12},

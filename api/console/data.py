@@ -20,7 +20,7 @@ from fastapi import HTTPException, Request
 from sqlalchemy import func, select
 
 from api.accounting import periods, service, target_repo
-from api.accounting.campus import KIND_CODE, Scope, building_rows, scope_meters
+from api.accounting.campus import KIND_CODE, UNITS, Scope, building_rows, scope_meters
 from api.accounting.consumption import Curve
 from api.accounting.settings import AccountingSettings, accounting_settings, calendar_for
 from api.alerts.models import Alert
@@ -160,6 +160,7 @@ class Totals:
     cost_today: float = 0.0
     cost_month: float = 0.0
     cost_known: bool = True
+    unpriced: list[str] = field(default_factory=list)  # kinds used but without a tariff: not in the cost
     co2_today: float = 0.0
     co2_month: float = 0.0
     units: dict[str, str] = field(default_factory=dict)
@@ -192,6 +193,8 @@ def overview(request: Request, ident: Identity | None) -> dict[str, Any]:
                 c = getattr(k, span)["cost"]
                 if c is None and (getattr(k, span)["value"] or 0) > 0:
                     tot.cost_known = False
+                    if k.kind not in tot.unpriced:
+                        tot.unpriced.append(k.kind)
                 setattr(tot, attr, getattr(tot, attr) + (c or 0.0))
             tot.co2_today += k.today["co2_kg"] or 0.0
             tot.co2_month += k.month["co2_kg"] or 0.0
@@ -248,11 +251,21 @@ def chart_ms(ts: int, cfg: CampusConfig) -> int:
     return int((ts + off.total_seconds()) * 1000)
 
 
-def _sum_deltas(curves: dict[str, Curve], meters: Sequence[Meter], bounds: list[int]) -> list[float]:
-    out = [0.0] * (len(bounds) - 1)
+def _sum_deltas(curves: dict[str, Curve], meters: Sequence[Meter], bounds: list[int]) -> list[float | None]:
+    """Consumption per interval; None where a reporting meter has no reading before or after it.
+
+    Time before a meter's first reading or after its last is unknown, not zero (the consumption
+    policy does not count it), so a chart must leave it blank rather than draw a saving.
+    """
+    out: list[float | None] = [0.0] * (len(bounds) - 1)
     for m in meters:
-        for i, v in enumerate(curves[m.id].deltas(bounds)):
-            out[i] += v
+        c = curves.get(m.id)
+        if c is None or not c.ts:
+            continue  # a meter that never reported in the window does not blank the building
+        first, last = c.ts[0], c.ts[-1]
+        for i, v in enumerate(c.deltas(bounds)):
+            cur = out[i]
+            out[i] = cur + v if cur is not None and first <= bounds[i] and bounds[i + 1] <= last else None
     return out
 
 
@@ -315,7 +328,8 @@ def building_page(request: Request, building_id: str) -> dict[str, Any]:
         "summary": summary,
         "heatmap": _heatmap(cfg, bounds, half),
         "week": [
-            [chart_ms(h, cfg), round(v, 3)] for h, v in zip(hours[-169:-1], hourly[-168:], strict=False)
+            [chart_ms(h, cfg), None if v is None else round(v, 3)]
+            for h, v in zip(hours[-169:-1], hourly[-168:], strict=False)
         ],
         "typical": _typical(cfg, cal, today.start, now, hours, hourly),
         "base_load": _nightly(cfg, hours, hourly, "mean"),
@@ -329,7 +343,7 @@ def building_page(request: Request, building_id: str) -> dict[str, Any]:
     return out
 
 
-def _heatmap(cfg: CampusConfig, bounds: list[int], half: list[float]) -> dict[str, Any]:
+def _heatmap(cfg: CampusConfig, bounds: list[int], half: list[float | None]) -> dict[str, Any]:
     """Days (rows) by half-hours of the day (columns), kWh per half-hour."""
     days: list[str] = []
     cells = []
@@ -340,13 +354,14 @@ def _heatmap(cfg: CampusConfig, bounds: list[int], half: list[float]) -> dict[st
         if d not in index:
             index[d] = len(days)
             days.append(d)
-        cells.append([lt.hour * 2 + lt.minute // 30, index[d], round(v, 3)])
+        if v is not None:
+            cells.append([lt.hour * 2 + lt.minute // 30, index[d], round(v, 3)])
     top = max((c[2] for c in cells), default=0.0)
     return {"days": days, "cells": cells, "max": top}
 
 
 def _typical(
-    cfg: CampusConfig, cal: Any, today_start: int, now: int, hours: list[int], hourly: list[float]
+    cfg: CampusConfig, cal: Any, today_start: int, now: int, hours: list[int], hourly: list[float | None]
 ) -> dict[str, Any]:
     """Today's hours against the mean of the same hours on earlier days of the same kind (term, weekend…)."""
     kind = cal.day_kind(_local(today_start, cfg).date())
@@ -354,7 +369,7 @@ def _typical(
     for h, v in zip(hours, hourly, strict=False):
         lt = _local(h, cfg)
         day = by_day.setdefault(lt.date().isoformat(), [None] * 24)
-        day[lt.hour] = (day[lt.hour] or 0.0) + v
+        day[lt.hour] = None if v is None else (day[lt.hour] or 0.0) + v  # None: no typical day
     today_key = _local(today_start, cfg).date().isoformat()
     same = [
         vals
@@ -368,17 +383,18 @@ def _typical(
     return {"kind": kind, "days": len(same), "today": today, "typical": typical}
 
 
-def _nightly(cfg: CampusConfig, hours: list[int], values: list[float], how: str) -> list[list[Any]]:
+def _nightly(cfg: CampusConfig, hours: list[int], values: list[float | None], how: str) -> list[list[Any]]:
     """Per night: the mean (power, kW) or the lowest (flow, m³/h) hourly value between 1:00 and 5:00."""
-    nights: dict[str, list[float]] = {}
+    nights: dict[str, list[float | None]] = {}
     for h, v in zip(hours, values, strict=False):
         lt = _local(h, cfg)
         if NIGHT[0] <= lt.hour < NIGHT[1]:
             nights.setdefault(lt.date().isoformat(), []).append(v)
     out = []
     for d, vs in sorted(nights.items()):
-        if len(vs) == NIGHT[1] - NIGHT[0]:
-            out.append([d, round(sum(vs) / len(vs) if how == "mean" else min(vs), 3)])
+        known = [v for v in vs if v is not None]
+        if len(known) == NIGHT[1] - NIGHT[0]:
+            out.append([d, round(sum(known) / len(known) if how == "mean" else min(known), 3)])
     return out
 
 
@@ -391,7 +407,7 @@ def _sub_items(
         if not ms:
             continue
         value = sum(curves[m.id].between(start, now) for m in ms if m.id in curves)
-        out.append({"code": code, "kind": kind.value, "value": round(value, 3),
+        out.append({"code": code, "kind": kind.value, "value": round(value, 3), "unit": UNITS[kind],
                     "total": code == KIND_CODE.get(kind), "meters": [m.id for m in ms]})  # fmt: skip
     return out
 

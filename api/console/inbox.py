@@ -10,14 +10,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from babel.messages.extract import extract_from_dir
+from babel.numbers import format_decimal
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
 from api.alerts.models import AlertEvent
 from api.alerts.rules import RULES, Severity
+from api.alerts.rules.base import baseline_text
 from api.alerts.scheduler import alert_services
 from api.auth import identity
 from api.console.i18n import N_, Formatter, gettext_for
@@ -173,17 +177,38 @@ SUBJECT_NAMES = {
     "room": N_("room %(id)s"),
     "meter": N_("meter %(id)s"),
     "gateway": N_("gateway %(id)s"),
+    "unit": N_("unit %(id)s"),
     "campus": N_("the whole campus"),
 }
 
 
+RULES_DIR = Path(__file__).resolve().parent.parent / "alerts" / "rules"
+
+
+def baseline_msgids() -> dict[str, list[str]]:
+    """The evidence templates the rules pass to ``baseline_text``, read from their source.
+
+    Extracted rather than listed, so a rule's new text cannot miss the catalogues unnoticed.
+    """
+    out: dict[str, list[str]] = {}
+    keywords = {baseline_text.__name__: None}
+    for fn, line, msg, _c, _ctx in extract_from_dir(str(RULES_DIR), [("**.py", "python")], keywords=keywords):
+        for m in msg if isinstance(msg, tuple) else (msg,):
+            if m:
+                out.setdefault(m, []).append(f"api/alerts/rules/{fn}:{line}")
+    return out
+
+
 def dynamic_msgids() -> dict[str, list[str]]:
-    """Rule titles and what-to-check texts: shown through the catalogue, but not literals of the console."""
+    """Rule titles, what-to-check texts and evidence templates: shown through the catalogue, but not
+    literals of the console."""
     out: dict[str, list[str]] = {}
     for r in RULES.values():
         for text in (r.title, r.check):
             if text:
                 out.setdefault(text, []).append(f"api/alerts/rules ({r.id})")
+    for text, where in baseline_msgids().items():
+        out.setdefault(text, []).extend(where)
     return out
 
 
@@ -196,10 +221,31 @@ def _helpers(request: Request) -> dict[str, Any]:
         kind, sid = a["subject"]["kind"], a["subject"]["id"]
         if kind == "building":
             return str(a.get("building_name") or sid)
+        if kind == "unit" and (u := request.app.state.cfg.unit(sid)) is not None:
+            sid = u.name or u.id
         return _(SUBJECT_NAMES[kind], id=sid) if kind in SUBJECT_NAMES else sid
 
     def actor_label(who: str | None) -> str:
         return _(ACTOR_NAMES[who]) if who in ACTOR_NAMES else (who or _("the rule"))
+
+    def figure(name: str, v: Any) -> str:
+        """One value of an evidence template, written the way the page's language writes numbers."""
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return str(v)
+        if name.endswith("_share"):
+            return fmt.pct(v)
+        return format_decimal(v, format="#,##0.######", locale=fmt.locale)  # a threshold like 0.0038 m3/h
+
+    def baseline(a: dict[str, Any]) -> str:
+        """How the usual level was made, translated; alerts stored before templates keep their English."""
+        ev = a.get("evidence") or {}
+        msg = ev.get("baseline_msg")
+        if isinstance(msg, dict) and isinstance(msg.get("id"), str) and isinstance(msg.get("args"), dict):
+            try:
+                return str(_(msg["id"], **{k: figure(k, v) for k, v in msg["args"].items()}))
+            except (KeyError, TypeError, ValueError):
+                pass  # a template its values do not fit: show the English text instead
+        return str(ev.get("baseline_method") or "")
 
     def summary(a: dict[str, Any]) -> str:
         """The alert in the page's language from its recorded figures (the stored message is English)."""
@@ -229,6 +275,7 @@ def _helpers(request: Request) -> dict[str, Any]:
         "rule_checks": {r.id: r.check for r in RULES.values()},
         "subject_label": subject_label,
         "actor_label": actor_label,
+        "baseline": baseline,
         "summary": summary,
     }
 

@@ -32,14 +32,18 @@ class NavItem:
     label: str  # a msgid
     href: str
     role: str = "viewer"  # the least role that sees the entry
+    campus: bool = False  # campus-wide: not shown to an identity limited to some buildings
 
 
-# Every console page; the alert inbox, targets, reports and admin pages live in their own modules.
+# Every console page family; the alert inbox, targets, reports and admin pages are their own modules.
 NAV = (
     NavItem("overview", N_("Overview"), PREFIX + "/"),
     NavItem("buildings", N_("Buildings"), PREFIX + "/buildings"),
     NavItem("alerts", N_("Alerts"), PREFIX + "/alerts"),
-)  # targets, reports and admin pages are not built yet: the API and the CLI serve them
+    NavItem("targets", N_("Targets"), PREFIX + "/targets", campus=True),
+    NavItem("reports", N_("Reports"), PREFIX + "/reports", campus=True),
+    NavItem("admin", N_("Admin"), PREFIX + "/admin", "admin", campus=True),
+)
 ROLE_NAMES = {"viewer": N_("viewer"), "operator": N_("operator"), "admin": N_("admin")}
 
 env = Environment(
@@ -99,7 +103,9 @@ def context(request: Request, **ctx: Any) -> dict[str, Any]:
         "gettext": _,
         "csrf": (ident.csrf if ident is not None else None) or "",
         "fmt": Formatter(lang, request.app.state.cfg.site.tz),
-        "nav": [n for n in NAV if ident is not None and ident.may(n.role)],
+        "nav": [
+            n for n in NAV if ident is not None and ident.may(n.role) and not (n.campus and ident.scoped)
+        ],
         "here": request.url.path,
         "prefix": PREFIX,
         "static": STATIC,

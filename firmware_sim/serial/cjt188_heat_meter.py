@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from firmware_sim.serial.bcd import address_to_wire, to_bcd_le
+from firmware_sim.serial.bcd import to_bcd_le
 from firmware_sim.serial.cjt188_meter import Cjt188Meter, DiOrder, StatusLayout
 from firmware_sim.serial.clock import SimClock
 from firmware_sim.serial.meter import SerialMeter
@@ -21,7 +21,12 @@ from firmware_sim.serial.model import HEAT_PROFILES, HeatModel
 HEAT_TYPES = (0x20, 0x21, 0x22)
 # Energy unit code -> how many of that unit make one kWh (CJ/T 188 unit table).
 UNITS_PER_KWH: dict[int, float] = {0x05: 1.0, 0x08: 1e-3, 0x0E: 3.6, 0x11: 3.6e-3}
-_UNIT_FACTOR_TO_KWH: dict[int, float] = {0x05: 1.0, 0x08: 1e3, 0x0E: 1 / 3.6, 0x11: 1e3 / 3.6}  # as decoders do
+_UNIT_FACTOR_TO_KWH: dict[int, float] = {
+    0x05: 1.0,
+    0x08: 1e3,
+    0x0E: 1 / 3.6,
+    0x11: 1e3 / 3.6,
+}  # as decoders do
 KW, M3H, M3 = 0x17, 0x35, 0x2C
 
 
@@ -52,28 +57,15 @@ class Cjt188HeatMeter(Cjt188Meter):
     ) -> None:
         SerialMeter.__init__(self, address, seed=seed, clock=clock, tz=tz, turnaround_s=turnaround_s)
         if meter_type not in HEAT_TYPES:
-            raise ValueError(f"meter type {meter_type:02X}H is not a heat type {[f'{t:02X}' for t in HEAT_TYPES]}")
+            raise ValueError(
+                f"meter type {meter_type:02X}H is not a heat type {[f'{t:02X}' for t in HEAT_TYPES]}"
+            )
         if profile not in HEAT_PROFILES:
             raise ValueError(f"unknown heat profile {profile!r}; known: {', '.join(HEAT_PROFILES)}")
-        if di_order not in ("901F", "1F90"):
-            raise ValueError("di_order must be '901F' or '1F90'")
-        if unit not in UNITS_PER_KWH:
-            raise ValueError(f"energy unit code must be one of {[f'{u:02X}' for u in UNITS_PER_KWH]}")
-        if status_layout not in ("standard", "msb"):
-            raise ValueError("status_layout must be 'standard' or 'msb'")
-        if not 0 <= preamble <= 4:
-            raise ValueError("preamble must be 0..4 FE bytes")
-        self.wire_address = address_to_wire(address, 7)
-        self.meter_type = meter_type
-        self.profile = profile
-        self.di_order = di_order
-        self.accept_any_di_order = accept_any_di_order
-        self.unit = unit
+        self._init_wire(
+            meter_type, profile, di_order, accept_any_di_order, unit, UNITS_PER_KWH, status_layout, preamble
+        )
         self.unit_first = unit_first
-        self.status_layout = status_layout
-        self.preamble = preamble
-        self.valve = "open"
-        self.battery_low = False
         self.quantity = "heat_energy_kwh"
         self.model = HeatModel(  # type: ignore[assignment]
             self.seed,

@@ -74,24 +74,9 @@ class Cjt188Meter(SerialMeter):
         if profile not in profiles:
             what = "gas" if gas else "water"
             raise ValueError(f"unknown {what} profile {profile!r}; known: {', '.join(profiles)}")
-        if di_order not in ("901F", "1F90"):
-            raise ValueError("di_order must be '901F' or '1F90'")
-        if unit not in UNITS_PER_M3:
-            raise ValueError(f"unit code must be one of {[f'{u:02X}' for u in UNITS_PER_M3]}")
-        if status_layout not in ("standard", "msb"):
-            raise ValueError("status_layout must be 'standard' or 'msb'")
-        if not 0 <= preamble <= 4:
-            raise ValueError("preamble must be 0..4 FE bytes")
-        self.wire_address = address_to_wire(address, 7)
-        self.meter_type = meter_type
-        self.profile = profile
-        self.di_order = di_order
-        self.accept_any_di_order = accept_any_di_order
-        self.unit = unit
-        self.status_layout = status_layout
-        self.preamble = preamble
-        self.valve = "open"
-        self.battery_low = False
+        self._init_wire(
+            meter_type, profile, di_order, accept_any_di_order, unit, UNITS_PER_M3, status_layout, preamble
+        )
         self.quantity = "gas_volume_m3" if gas else "volume_m3"  # what the gateway stores it as
         self.model = WaterModel(
             self.seed,
@@ -102,6 +87,37 @@ class Cjt188Meter(SerialMeter):
             initial_m3=initial_m3,
             kind=MeterKind.GAS if gas else MeterKind.WATER,
         )
+
+    def _init_wire(
+        self,
+        meter_type: int,
+        profile: str,
+        di_order: DiOrder,
+        accept_any_di_order: bool,
+        unit: int,
+        units: dict[int, float],
+        status_layout: StatusLayout,
+        preamble: int,
+    ) -> None:
+        """The wire settings every CJ/T 188 meter type shares, checked once for all of them."""
+        if di_order not in ("901F", "1F90"):
+            raise ValueError("di_order must be '901F' or '1F90'")
+        if unit not in units:
+            raise ValueError(f"unit code must be one of {[f'{u:02X}' for u in units]}")
+        if status_layout not in ("standard", "msb"):
+            raise ValueError("status_layout must be 'standard' or 'msb'")
+        if not 0 <= preamble <= 4:
+            raise ValueError("preamble must be 0..4 FE bytes")
+        self.wire_address = address_to_wire(self.address, 7)
+        self.meter_type = meter_type
+        self.profile = profile
+        self.di_order = di_order
+        self.accept_any_di_order = accept_any_di_order
+        self.unit = unit
+        self.status_layout = status_layout
+        self.preamble = preamble
+        self.valve = "open"
+        self.battery_low = False
 
     def describe(self) -> str:
         return f"{self.protocol} {self.address} type {self.meter_type:02X}H DI {self.di_order}"

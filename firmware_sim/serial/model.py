@@ -169,6 +169,13 @@ class _Integrator:
                 self._last = end
             return max(t, self._last)
 
+    def _set_now(self, **registers: float) -> None:
+        """Set registers as of now: what accrued up to now is integrated first, under the lock."""
+        with self.lock:
+            self.advance()
+            for name, value in registers.items():
+                setattr(self, name, value)
+
     def _accumulate(self, k: int, dt: float) -> None:
         raise NotImplementedError
 
@@ -324,15 +331,10 @@ class WaterModel(_Integrator):
         self.settlement_m3 = self.volume_m3
 
     def set_volume(self, m3: float) -> None:
-        with self.lock:
-            self.advance()
-            self.volume_m3 = m3
+        self._set_now(volume_m3=m3)
 
     def reset_counters(self) -> None:
-        with self.lock:
-            self.advance()
-            self.volume_m3 = 0.0
-            self.settlement_m3 = 0.0
+        self._set_now(volume_m3=0.0, settlement_m3=0.0)
 
 
 @dataclass(frozen=True)
@@ -395,11 +397,7 @@ class HeatModel(_Integrator):
         self.settlement_kwh = self.energy_kwh
 
     def set_energy(self, kwh: float) -> None:
-        with self.lock:
-            self.advance()
-            self.energy_kwh = kwh
+        self._set_now(energy_kwh=kwh)
 
     def reset_counters(self) -> None:
-        with self.lock:
-            self.advance()
-            self.energy_kwh = self.settlement_kwh = self.volume_m3 = self.hours = 0.0
+        self._set_now(energy_kwh=0.0, settlement_kwh=0.0, volume_m3=0.0, hours=0.0)

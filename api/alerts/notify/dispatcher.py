@@ -30,6 +30,7 @@ from sqlalchemy.orm import sessionmaker
 from api.alerts.config import AlertsConfig
 from api.alerts.models import AlertEvent, Delivery
 from api.alerts.notify import formats
+from api.alerts.notify.channels import UNIT_EMAIL
 from api.alerts.store import event_json
 from campusmon.config import CampusConfig
 
@@ -163,6 +164,11 @@ class Dispatcher:
                 return self._webhook(channel.split(":", 1)[1], event, delivery_id)
             if channel == "smtp":
                 return self._email(event)
+            if channel.startswith(UNIT_EMAIL):
+                unit = self.cfg.unit(channel.removeprefix(UNIT_EMAIL))
+                if unit is None or not unit.email:
+                    return False, f"unit {channel.removeprefix(UNIT_EMAIL)!r} no longer has e-mail recipients"
+                return self._email(event, unit.email)
             if channel == "mqtt":
                 return self._mqtt_publish(event)
             return False, f"unknown channel {channel!r}"
@@ -180,14 +186,15 @@ class Dispatcher:
             return False, f"{type(e).__name__}: {e}"
         return formats.accepted(w.format, resp.status_code, resp.content)
 
-    def _email(self, event: dict[str, Any]) -> tuple[bool, str]:
+    def _email(self, event: dict[str, Any], to: list[str] | None = None) -> tuple[bool, str]:
+        """To ``alerts.smtp.to``, or to a unit's own recipients through the same server."""
         cfg = self.acfg.settings.smtp
         if cfg is None:
             return False, "smtp is no longer configured"
         msg = EmailMessage(policy=SMTP_POLICY)
         msg["Subject"] = formats.headline(event)
         msg["From"] = cfg.sender
-        msg["To"] = ", ".join(cfg.to)
+        msg["To"] = ", ".join(to or cfg.to)
         msg["Message-ID"] = f"<alert-{event['alert_id']}-event-{event['id']}@campusmon>"
         msg.set_content(formats.text_of(event, self.link(event["alert_id"])))
         smtp_cls = smtplib.SMTP_SSL if cfg.ssl else smtplib.SMTP

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SubjectKind = Literal["meter", "room", "building", "campus", "gateway"]
+SubjectKind = Literal["meter", "room", "building", "campus", "gateway", "unit"]
 
 
 class Level(StrEnum):
@@ -111,6 +111,31 @@ class RuleSpec:
     # State keys frozen while an alert is open (a learned baseline); released when it clears, so the
     # next alert judges against a baseline learned afresh.
     frozen: tuple[str, ...] = ()
+
+
+# -- evidence text ----------------------------------------------------------------------------------------
+
+BaselineArg = int | float | str
+
+
+def _english(name: str, value: BaselineArg) -> str:
+    if isinstance(value, float) and name.endswith("_share"):
+        return f"{value:.0%}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def baseline_text(msgid: str, **args: BaselineArg) -> dict[str, Any]:
+    """Evidence items saying how the baseline was made, readable in any language.
+
+    ``baseline_method`` stays the English sentence integrators read; ``baseline_msg`` keeps the
+    template (a catalogue msgid with ``%(name)s`` placeholders) and its values so the console can
+    translate it. ``msgid`` must be a string literal: the catalogue check extracts it from this call.
+    A value whose name ends in ``_share`` is a fraction (0.6) written as a percentage.
+    """
+    english = msgid % {k: _english(k, v) for k, v in args.items()} if args else msgid
+    return {"baseline_method": english, "baseline_msg": {"id": msgid, "args": dict(args)}}
 
 
 # -- small numeric helpers shared by rules ---------------------------------------------------------------

@@ -10,19 +10,22 @@ from api.alerts.series import MeterSeries, Timeline
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    """A consumption limit for one building (or meter, or the whole campus) over a local period."""
+    """A consumption limit for one building (or a group, a unit, the whole campus) over a local period."""
 
-    scope: str  # "building" | "meter" | "campus"
+    scope: str  # "building" | "group" | "unit" | "campus"
     id: str
     kind: str  # "electricity" | "water"
     period: str  # "day" | "week" | "month" | "year"
     limit: float  # kWh or m3 per period
     name: str = ""
-    building: str = ""  # the building an alert is filed under ("" for campus and group quotas)
+    building: str = ""  # the building an alert is filed under ("" for campus, group and unit quotas)
     meters: tuple[str, ...] = ()  # the meters whose sum is the scope's consumption
     target_id: int | None = None
     valid_from: date | None = None
     valid_to: date | None = None
+    # A unit's shares instead of a plain sum: (factor, meters, meters taken out), as accounting's
+    # ``units.Term``; ``meters`` then lists every meter involved.
+    terms: tuple[tuple[float, tuple[str, ...], tuple[str, ...]], ...] = ()
 
     def valid_on(self, day: date) -> bool:
         return (self.valid_from is None or self.valid_from <= day) and (

@@ -14,7 +14,7 @@ from datetime import date
 
 from pydantic import Field
 
-from api.alerts.rules.base import Finding, Level, Params, Subject, mean, median
+from api.alerts.rules.base import Finding, Level, Params, Subject, baseline_text, mean, median
 from api.alerts.rules.context import WindowContext
 from api.alerts.series import MeterSeries
 
@@ -283,12 +283,27 @@ def judge_after_hours(
                 f"excess_{amount}_last_24h": round(sum(over), 4),
             }
         )
-        method = (
-            f"median of the building's closed hours over the last {p.reference_days} days "
-            f"(closed-hours base load: no earlier empty day of this kind)"
-            if how == CLOSED_BASE
-            else f"median of the {how} (last {p.reference_days} days, at least {p.min_reference_days})"
-        )
+        ref_days, least = p.reference_days, p.min_reference_days
+        if how == CLOSED_BASE:
+            method = baseline_text(
+                "median of the building's closed hours over the last %(days)s days "
+                "(closed-hours base load: no earlier empty day of this kind)",
+                days=ref_days,
+            )
+        elif how == EMPTY_KINDS:
+            method = baseline_text(
+                "median of the same hour on earlier weekends, holidays and vacation days "
+                "(last %(days)s days, at least %(least)s)",
+                days=ref_days,
+                least=least,
+            )
+        else:
+            method = baseline_text(
+                "median of the same hour on earlier empty days of the same kind "
+                "(last %(days)s days, at least %(least)s)",
+                days=ref_days,
+                least=least,
+            )
         evidence = {
             "meter": s.meter.id,
             "quantity": units.quantity,
@@ -297,7 +312,7 @@ def judge_after_hours(
             "value": mean(used),
             "threshold": mean_ref * p.ratio,
             "baseline": mean_ref,
-            "baseline_method": method,
+            **method,
             "reference": how,
             "hours": [{"start": tl.starts[k], amount: s.used[k], f"usual_{amount}": r} for k, r in hours],
             f"excess_{amount}": total,
@@ -458,10 +473,13 @@ def baseload_creep(s: MeterSeries, ctx: WindowContext, p: BaseloadParams, state:
                 "value": now_kw,
                 "threshold": long_term * p.ratio,
                 "baseline": long_term,
-                "baseline_method": (
-                    f"mean daily base load (mean of the {p.lowest_hours} lowest hours) over up to "
-                    f"{p.history_days} days before the last {p.recent_days}, working and resting days "
-                    "apart, weighted by the recent days' mix; frozen while the alert is open"
+                **baseline_text(
+                    "mean daily base load (mean of the %(lowest)s lowest hours) over up to "
+                    "%(history)s days before the last %(recent)s, working and resting days "
+                    "apart, weighted by the recent days' mix; frozen while the alert is open",
+                    lowest=p.lowest_hours,
+                    history=p.history_days,
+                    recent=p.recent_days,
                 ),
                 "long_term_by_group": by_group,
             },
@@ -544,7 +562,10 @@ def spike(s: MeterSeries, ctx: WindowContext, p: SpikeParams, state: dict) -> Fi
             "value": now,
             "threshold": ref * p.ratio,
             "baseline": ref,
-            "baseline_method": f"median of the same weekday and hour over the last {p.weeks} weeks, same kind of day",
+            **baseline_text(
+                "median of the same weekday and hour over the last %(weeks)s weeks, same kind of day",
+                weeks=p.weeks,
+            ),
             "excess": excess,
         }
         return Finding(

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from pydantic import Field
 
-from api.alerts.rules.base import Finding, Level, Params, Subject
+from api.alerts.rules.base import Finding, Level, Params, Subject, baseline_text
 from api.alerts.rules.context import WindowContext
 from api.alerts.series import MeterSeries
 
@@ -43,7 +43,9 @@ def offline(s: MeterSeries, ctx: WindowContext, p: OfflineParams, state: dict) -
         "end": ctx.now,
         "value": silent,
         "threshold": p.intervals * iv,
-        "baseline_method": f"{p.intervals:g} expected intervals of {iv} s",
+        **baseline_text(
+            "%(intervals)s expected intervals of %(interval_s)s s", intervals=p.intervals, interval_s=iv
+        ),
     }
     common = dict(unit="s", threshold=p.intervals * iv, meter=s.meter.id, detail=detail, evidence=evidence)
     if silent > p.intervals * iv:
@@ -139,7 +141,10 @@ def gateway_offline(
         "end": ctx.now,
         "value": silent_s,
         "threshold": p.intervals,
-        "baseline_method": f"every meter of the gateway silent for {p.intervals:g} of its own expected intervals",
+        **baseline_text(
+            "every meter of the gateway silent for %(intervals)s of its own expected intervals",
+            intervals=p.intervals,
+        ),
         "meters": meters,
         "last_readings": {m: lasts[m] for m in meters},
     }
@@ -192,7 +197,9 @@ def never_reported(
         "end": ctx.now,
         "value": len(missing),
         "threshold": 0,
-        "baseline_method": f"no reading at all {p.grace_h:g} h after the meter was first expected",
+        **baseline_text(
+            "no reading at all %(grace_h)s h after the meter was first expected", grace_h=p.grace_h
+        ),
         "meters": missing,
     }
     level = Level.FIRING if missing else Level.OK
@@ -238,7 +245,10 @@ def completeness(s: MeterSeries, ctx: WindowContext, p: CompletenessParams, stat
         "value": ratio,
         "threshold": p.min_ratio,
         "baseline": expected,
-        "baseline_method": f"expected readings = the day's length / interval_s ({s.meter.interval_s} s)",
+        **baseline_text(
+            "expected readings = the day's length / interval_s (%(interval_s)s s)",
+            interval_s=s.meter.interval_s,
+        ),
     }
     common = dict(
         value=ratio, threshold=p.min_ratio, unit="share", meter=s.meter.id, detail=detail, evidence=evidence
@@ -361,7 +371,10 @@ def stuck(s: MeterSeries, ctx: WindowContext, p: StuckParams, state: dict) -> Fi
         detail.update({"evidence": "rate", "rate_quantity": rate_q, "moving_hours": moving})
         evidence.update(
             {
-                "baseline_method": f"{rate_q} readings during the run: above zero = stuck, zero = resting",
+                **baseline_text(
+                    "%(quantity)s readings during the run: above zero = stuck, zero = resting",
+                    quantity=rate_q,
+                ),
                 "moving_hours": moving,
                 "max_rate": max(rates),
             }
@@ -379,10 +392,12 @@ def stuck(s: MeterSeries, ctx: WindowContext, p: StuckParams, state: dict) -> Fi
     detail.update({"evidence": "pattern", "usual_use_hours": active})
     evidence.update(
         {
-            "baseline_method": (
-                f"hours of the run in which this meter used something on at least "
-                f"{p.usual_share:.0%} of the same hours of earlier days of the same kind "
-                f"(last {p.history_days} days)"
+            **baseline_text(
+                "hours of the run in which this meter used something on at least "
+                "%(usual_share)s of the same hours of earlier days of the same kind "
+                "(last %(days)s days)",
+                usual_share=p.usual_share,
+                days=p.history_days,
             ),
             "usual_use_hours": active,
         }
@@ -431,6 +446,6 @@ def counter_backwards(s: MeterSeries, ctx: WindowContext, p: BackwardsParams, st
             "value": e.value,
             "threshold": e.previous,
             "baseline": e.previous,
-            "baseline_method": "the register reading before the drop (consumption policy: not a rollover)",
+            **baseline_text("the register reading before the drop (consumption policy: not a rollover)"),
         },
     )

@@ -35,6 +35,8 @@ def quota_subject(q: Quota, building: str) -> Subject:
     variant = f"target-{q.target_id}" if q.target_id is not None else f"{q.kind}-{q.period}"
     if q.scope == "building":
         return Subject("building", q.id, building, variant)
+    if q.scope == "unit":
+        return Subject("unit", q.id, building, variant)
     return Subject("building", f"{q.scope}:{q.id}" if q.id else q.scope, building, variant)
 
 
@@ -55,6 +57,15 @@ def _used(meters: list[str], ctx: WindowContext, a: int, b: int) -> float:
     return sum(sum(ctx.series[m].used[a:b]) for m in meters if m in ctx.series)
 
 
+def _scope_used(q: Quota, meters: list[str], ctx: WindowContext, a: int, b: int) -> float:
+    """A unit's quota applies its shares (a share of a building never below zero), as accounting does."""
+    if not q.terms:
+        return _used(meters, ctx, a, b)
+    return sum(
+        f * max(0.0, _used(list(ms), ctx, a, b) - _used(list(out), ctx, a, b)) for f, ms, out in q.terms
+    )
+
+
 def quota_exceeded(
     q: Quota, ctx: WindowContext, p: QuotaExceededParams, state: dict, building: str, meters: list[str]
 ) -> Finding | None:
@@ -62,7 +73,7 @@ def quota_exceeded(
     if per is None:
         return None
     start, end, first = per
-    used = _used(meters, ctx, first, ctx.upto)
+    used = _scope_used(q, meters, ctx, first, ctx.upto)
     unit = "kWh" if q.kind == "electricity" else "m3"
     days = (ctx.timeline.end_of(ctx.upto - 1) - start) / 86400
     detail = {
@@ -80,7 +91,7 @@ def quota_exceeded(
         if since is None or since < start:
             run, i = 0.0, first
             while i < ctx.upto:
-                run += _used(meters, ctx, i, i + 1)
+                run += _scope_used(q, meters, ctx, i, i + 1)
                 if run > q.limit:
                     break
                 i += 1
@@ -108,13 +119,13 @@ def projection(
     profile: dict[int, list[float]] = {}
     for i in range(max(0, u - 24 * pace_days), u):
         if all(ctx.series[m].known[i] for m in meters if m in ctx.series):
-            profile.setdefault(tl.local[i].hour, []).append(_used(meters, ctx, i, i + 1))
+            profile.setdefault(tl.local[i].hour, []).append(_scope_used(q, meters, ctx, i, i + 1))
     if len(profile) < 24:
         return None
     rate = {h: sum(v) / len(v) for h, v in profile.items()}
     rest = hour_starts(tl.end_of(u - 1), end, tl.tz)
     remaining = sum(rate[datetime.fromtimestamp(t, tl.tz).hour] for t in rest)
-    return _used(meters, ctx, first, u) + remaining
+    return _scope_used(q, meters, ctx, first, u) + remaining
 
 
 def quota_forecast(
@@ -126,7 +137,7 @@ def quota_forecast(
     start, end, first = per
     subject = quota_subject(q, building)
     unit = "kWh" if q.kind == "electricity" else "m3"
-    used = _used(meters, ctx, first, ctx.upto)
+    used = _scope_used(q, meters, ctx, first, ctx.upto)
     if used > q.limit:
         return Finding("quota.forecast", subject, Level.OK, ctx.now, detail={"why": "quota already exceeded"})
     elapsed = (ctx.timeline.end_of(ctx.upto - 1) - start) / (end - start)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from api.alerts.rules.base import Finding, Level, Params, Subject, percentile
+from api.alerts.rules.base import Finding, Level, Params, Subject, baseline_text, percentile
 from api.alerts.rules.context import WindowContext
 from api.alerts.rules.electricity import EmptyHoursParams, Units, judge_after_hours
 from api.alerts.series import MeterSeries
@@ -113,9 +113,12 @@ def night_flow(s: MeterSeries, ctx: WindowContext, p: NightFlowParams, state: di
         "value": mnf,
         "threshold": base_txt + p.increase_m3h,
         "baseline": baseline,
-        "baseline_method": (
-            f"{p.baseline_percentile:g}th percentile of the previous {p.baseline_nights} nights' lowest hourly "
-            f"flow ({p.start_hour:02d}:00-{p.end_hour:02d}:00), frozen while the alert is open"
+        **baseline_text(
+            "%(percentile)sth percentile of the previous %(nights)s nights' lowest hourly "
+            "flow (%(window)s), frozen while the alert is open",
+            percentile=p.baseline_percentile,
+            nights=p.baseline_nights,
+            window=detail["window"],
         ),
     }
     if len(recent) == p.nights and all(leaking(v) for _a, _b, v in recent):
@@ -208,7 +211,11 @@ def continuous_flow(
             "value": lowest,
             "threshold": p.zero_m3h,
             "baseline": 0.0,
-            "baseline_method": f"the quietest of the last {p.hours} hours against no flow ({p.zero_m3h} m3)",
+            **baseline_text(
+                "the quietest of the last %(hours)s hours against no flow (%(zero)s m3)",
+                hours=p.hours,
+                zero=p.zero_m3h,
+            ),
         },
         state={"resting": True},
         **common,
@@ -298,10 +305,10 @@ def balance(s: MeterSeries, ctx: WindowContext, p: BalanceParams, state: dict) -
                 "value": loss_share,
                 "threshold": base + p.tolerance,
                 "baseline": base,
-                "baseline_method": (
-                    f"median unmetered share of the last {p.baseline_days} days"
+                **(
+                    baseline_text("median unmetered share of the last %(days)s days", days=p.baseline_days)
                     if p.learn_baseline
-                    else "none"
+                    else baseline_text("none")
                 ),
                 "sub_meters": [k.meter.id for k in kids],
             },

@@ -76,7 +76,18 @@
   });
   document.addEventListener("DOMContentLoaded", function () { initCharts(document); });
   document.addEventListener("htmx:afterSwap", function (ev) { initCharts(ev.target); });
-  window.addEventListener("resize", function () { charts.forEach(function (c) { if (!c.isDisposed()) { c.resize(); } }); });
+  /* A form marked data-inline-errors shows a refusal (422/409) where a success would go. */
+  document.addEventListener("htmx:beforeSwap", function (ev) {
+    var st = ev.detail.xhr.status, elt = ev.detail.elt;
+    if ((st === 422 || st === 409) && elt && elt.closest && elt.closest("[data-inline-errors]")) {
+      ev.detail.shouldSwap = true;
+      ev.detail.isError = false;
+    }
+  });
+  function resizeAll() { charts.forEach(function (c) { if (!c.isDisposed()) { c.resize(); } }); }
+  window.addEventListener("resize", resizeAll);
+  window.addEventListener("beforeprint", resizeAll);  /* charts take the printed page's width */
+  window.addEventListener("afterprint", resizeAll);
 
   window.CampusConsole = { initCharts: initCharts, draw: draw, csrf: csrf, charts: charts };
 })();
