@@ -14,6 +14,8 @@ from api.console.i18n import N_
 
 Gettext = Callable[..., str]
 PALETTE = ["#0b6bcb", "#e07000", "#1a7f37", "#8e44ad", "#c62828", "#41729f", "#b38f00"]
+# Carrier names, one table for every page that names a meter kind.
+KIND_NAMES = {"electricity": N_("Electricity"), "water": N_("Water"), "gas": N_("Gas"), "heat": N_("Heat")}
 SUB_ITEM_NAMES = {
     "01000": N_("Electricity (total)"),
     "01A00": N_("Lighting and sockets"),

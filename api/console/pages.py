@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from api import routes_meters
 from api.accounting import periods, service
 from api.console import charts, data
+from api.console.charts import KIND_NAMES
 from api.console.i18n import N_, Formatter, gettext_for
 from api.console.render import PREFIX, current_identity, current_lang, render
 from api.deps import ID_PATTERN, MeterId, get_meter
@@ -27,7 +28,6 @@ RANKING_METRICS = {
     "per_capita": N_("Per person and day"),
     "vs_target": N_("Against target"),
 }
-KIND_NAMES = {"electricity": N_("Electricity"), "water": N_("Water"), "gas": N_("Gas"), "heat": N_("Heat")}
 BUILDING_TYPES = {
     "dorm": N_("dormitory"),
     "classroom": N_("classroom building"),

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from api.accounting import periods, service
 from api.accounting.campus import ELECTRICITY_SUB_ITEMS, KIND_CODE
 from api.console import data
-from api.console.charts import SUB_ITEM_NAMES
+from api.console.charts import KIND_NAMES, SUB_ITEM_NAMES
 from api.console.i18n import N_, Formatter, gettext_for
 from api.console.render import PREFIX, current_lang, render
 from api.timeparse import MONTH_PATTERN
@@ -32,7 +32,6 @@ SCOPE_NAMES = {
     "unit": N_("Units"),
     "campus": N_("Campus"),
 }
-KIND_NAMES = {"electricity": N_("Electricity"), "water": N_("Water"), "gas": N_("Gas"), "heat": N_("Heat")}
 TARGET_TYPES = {
     "quota": N_("quota"),
     "intensity": N_("intensity target"),

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from api.accounting import routes as acc_routes
 from api.accounting import target_repo
 from api.auth import identity
-from api.console.charts import SUB_ITEM_NAMES
+from api.console.charts import KIND_NAMES, SUB_ITEM_NAMES
 from api.console.i18n import N_, Formatter, gettext_for
 from api.console.render import PREFIX, current_lang, env, render
 from api.deps import RowId
@@ -43,7 +43,6 @@ SCOPE_NAMES = {
 }
 PERIOD_NAMES = {"day": N_("per day"), "month": N_("per month"), "year": N_("per year")}
 ACTION_NAMES = {"create": N_("created"), "update": N_("changed"), "delete": N_("deleted")}
-KIND_NAMES = {"electricity": N_("Electricity"), "water": N_("Water"), "gas": N_("Gas"), "heat": N_("Heat")}
 UNIT_NAMES = {
     "kWh/day": N_("kWh per day"),
     "kWh/month": N_("kWh per month"),
