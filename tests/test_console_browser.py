@@ -229,6 +229,8 @@ def test_operator_overview_equals_the_api_and_building_charts_render(
 def _overview_and_building(live_campus: Any, browser: Any, api: Any) -> None:
     cfg = live_campus.cfg
     page = login(browser, live_campus.url, "op-li", lang="en", to="/console/")
+    # An error page also shows the identity: say what it said rather than "0 rows".
+    assert page.locator("#overview-table").count() == 1, _visible_text(page, "script, style")[:2000]
     rows = page.locator("#overview-table tbody tr[data-building]")
     expect(rows).to_have_count(len(cfg.buildings))
     assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.building)")) == sorted(
