@@ -88,6 +88,12 @@ class HourRow:
     readings: int  # distinct reading times in the hour, quarantined ones included
     rollovers: int = 0
     resets: int = 0
+    # What window rules need besides consumption (api.alerts.engine): whether the hour lies inside
+    # the data with no gap longer than ``gap_limit`` (None in rollups written before this field), and
+    # the offsets (s) of its first and last reading from the hour's start (None without a reading).
+    known: bool | None = None
+    first_s: int | None = None
+    last_s: int | None = None
 
 
 @dataclass(slots=True)
@@ -281,8 +287,9 @@ def read_hourly(
     start: int | datetime,
     end: int | datetime,
     sessions: sessionmaker[Session] | None = None,
+    quantities: Iterable[str] | None = None,
 ) -> dict[str, list[HourRow]]:
-    """Rolled-up hours of the meters in ``[start, end)``, every cumulative quantity, oldest first.
+    """Rolled-up hours of the meters in ``[start, end)``, every cumulative quantity (or ``quantities``), oldest first.
 
     With ``sessions``, only final hours (before each series' watermark) are returned; later ones may
     be rewritten by the next pass, and the caller takes them from raw readings.
@@ -296,14 +303,27 @@ def read_hourly(
     limit: dict[tuple[str, str], int] = {}
     if sessions is not None:
         limit = {k: w.until_ts for k, w in watermarks(sessions, ids).items()}
-    cols = "value", "estimated_share", "quarantined", "reset", "readings", "rollovers"
+    cols = (
+        "value",
+        "estimated_share",
+        "quarantined",
+        "reset",
+        "readings",
+        "rollovers",
+        "known",
+        "first_s",
+        "last_s",
+    )
     sel = ",".join(f'"{c}"' for c in cols)
+    only = ""
+    if quantities is not None:
+        only = f' AND "quantity" =~ /^({meter_regex(quantities)})$/'
     stmts = []
     for i in range(0, len(ids), 1000):
         rx = meter_regex(ids[i : i + 1000])
         stmts.append(
             f"SELECT {sel} FROM {rollup_source(cfg)} WHERE time >= {t0}s AND time < {t1}s"
-            f' AND "meter" =~ /^({rx})$/ GROUP BY "meter", "quantity"'
+            f' AND "meter" =~ /^({rx})$/{only} GROUP BY "meter", "quantity"'
         )
     series, missing = query_all(store, stmts)
     if missing:
@@ -332,11 +352,18 @@ def read_hourly(
                     readings=int(v[idx["readings"]] or 0),
                     rollovers=int(v[idx["rollovers"]] or 0),
                     resets=resets,
+                    known=None if v[idx["known"]] is None else bool(v[idx["known"]]),
+                    first_s=_opt_int(v[idx["first_s"]]),
+                    last_s=_opt_int(v[idx["last_s"]]),
                 )
             )
     for rows in out.values():
         rows.sort(key=lambda r: (r.hour, r.quantity))
     return out
+
+
+def _opt_int(v: object) -> int | None:
+    return None if v is None else int(v)  # type: ignore[call-overload]
 
 
 # --- deriving hours --------------------------------------------------------------------------
@@ -356,10 +383,51 @@ class Derived:
     resets: list[int]
     rollovers: list[int]
     events: list[RollupEvent]
+    known: list[bool] = field(default_factory=list)
+    first_s: list[int | None] = field(default_factory=list)
+    last_s: list[int | None] = field(default_factory=list)
 
 
-def derive_hours(curve: Curve, meter: Meter, quantity: str, start: int, until: int, tz: Any) -> Derived:
-    """Hourly figures of ``curve`` over ``[start, until)`` (local hours of ``tz``)."""
+def gap_limit(meter: Meter) -> int:
+    """A gap longer than this is missing data, not a slow meter: window rules skip hours inside it."""
+    return max(3 * meter.interval_s, 2 * 3600)
+
+
+def known_hours(
+    pts: list[int] | Any, bounds: list[int], limit: int, first: int | None, last: int | None
+) -> list[bool]:
+    """Hours ``bounds[i]..bounds[i+1]`` inside ``[first, last]`` that overlap no gap longer than ``limit``
+    between the readings ``pts`` (sorted): the hours window rules trust (``api.alerts.series``).
+    ``first`` None: the data starts before the first bound."""
+    n = len(bounds) - 1
+    out = [False] * max(n, 0)
+    if n <= 0 or not pts or last is None:
+        return out
+    gaps = [(a, b) for a, b in zip(pts, pts[1:], strict=False) if b - a > limit]
+    g = 0
+    for i in range(n):
+        s0, e0 = bounds[i], bounds[i + 1]
+        if (s0 < first if first is not None else e0 <= pts[0]) or e0 > last:
+            continue
+        while g < len(gaps) and gaps[g][1] <= s0:
+            g += 1
+        out[i] = not (g < len(gaps) and gaps[g][0] < e0)
+    return out
+
+
+def derive_hours(
+    curve: Curve,
+    meter: Meter,
+    quantity: str,
+    start: int,
+    until: int,
+    tz: Any,
+    from_first: bool = True,
+) -> Derived:
+    """Hourly figures of ``curve`` over ``[start, until)`` (local hours of ``tz``).
+
+    ``from_first``: the curve begins with the series' first reading (hours before it are not known
+    to window rules); otherwise it resumes from readings the series had before ``start``."""
     hours = periods.hour_starts(start, until, tz) if until > start else []
     bounds = hours + [until] if hours else []
     values = curve.deltas(bounds) if hours else []
@@ -421,7 +489,21 @@ def derive_hours(curve: Curve, meter: Meter, quantity: str, start: int, until: i
                 shares[h] += ov / (h1 - h0)
             h += 1
     shares = [min(1.0, s) for s in shares]
-    return Derived(start, until, hours, values, shares, readings, quarantined, resets, rollovers, events)
+    pts = curve.ts or rec
+    known = known_hours(
+        pts, bounds, gap_limit(meter), (pts[0] if pts else None) if from_first else None,
+        pts[-1] if pts else None,
+    )  # fmt: skip
+    first_s: list[int | None] = [None] * n
+    last_s: list[int | None] = [None] * n
+    for i in range(n):
+        if readings[i]:
+            first_s[i] = rec[cuts[i]] - bounds[i]
+            last_s[i] = rec[cuts[i + 1] - 1] - bounds[i]
+    return Derived(
+        start, until, hours, values, shares, readings, quarantined, resets, rollovers, events,
+        known, first_s, last_s,
+    )  # fmt: skip
 
 
 def to_lines(d: Derived, meter: Meter, quantity: str, tags: dict[str, str], tz: Any) -> list[str]:
@@ -434,10 +516,11 @@ def to_lines(d: Derived, meter: Meter, quantity: str, tags: dict[str, str], tz: 
     for i, h in enumerate(d.hours):
         hod = datetime.fromtimestamp(h, tz).hour
         v = d.values[i]
+        edge = "" if d.first_s[i] is None else f"first_s={d.first_s[i]}i,last_s={d.last_s[i]}i,"
         out.append(
             f"{MEASUREMENT},{tag} value={v!r},estimated_share={d.shares[i]!r},"
             f"quarantined={d.quarantined[i]}i,reset={d.resets[i]}i,readings={d.readings[i]}i,"
-            f"rollovers={d.rollovers[i]}i,{HOD_FIELDS[hod]}={v!r} {h}"
+            f"rollovers={d.rollovers[i]}i,known={int(d.known[i])}i,{edge}{HOD_FIELDS[hod]}={v!r} {h}"
         )
     return out
 
@@ -457,6 +540,7 @@ class _Task:
     old_until: int | None = None
     kept_out: list[Event] = field(default_factory=list)  # context readings stored as quarantined
     series_start: bool = False  # a late reading's context reaches back to the series' first reading
+    from_first: bool = False  # a new series: derived from its first reading
 
 
 @dataclass(slots=True)
@@ -557,6 +641,7 @@ class RollupMaintainer:
                     continue
                 t.fetch_from = f
                 t.rewrite_from = periods.floor(f, "hour", self.tz)
+                t.from_first = True
                 tasks.append(t)
         done_meters: set[str] = set()
         for group in self._groups(tasks):
@@ -756,7 +841,7 @@ class RollupMaintainer:
         last = max(pts[-1], curve.received[-1])
         if until <= start:
             return _Outcome(t, None, until if until < start else start, resume, last)
-        d = derive_hours(curve, t.meter, t.quantity, start, until, tz)
+        d = derive_hours(curve, t.meter, t.quantity, start, until, tz, t.from_first or t.series_start)
         tags = self.tags(t.meter.id)
         stats.hours_written += len(d.hours)
         return _Outcome(t, d, until, resume, last, to_lines(d, t.meter, t.quantity, tags, tz))

@@ -601,11 +601,16 @@ def write(
     store: Any,
     batch_lines: int = 5000,
     progress: Callable[[int], None] | None = None,
+    since: int | None = None,
+    until: int | None = None,
 ) -> int:
-    """Write the whole scenario into InfluxDB; returns the number of readings."""
+    """Write the scenario (the readings taken in ``[since, until)``, default all) into InfluxDB;
+    returns the number of readings."""
     buf: list[Reading] = []
     n = 0
     for t, batch in readings(scn, cfg):
+        if (since is not None and t < since) or (until is not None and t >= until):
+            continue
         buf.extend(batch)
         if len(buf) >= batch_lines:
             _store(store, buf)

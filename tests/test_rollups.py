@@ -145,6 +145,49 @@ def test_every_daily_and_monthly_total_equals_the_raw_computation_and_the_truth(
         assert got_readings == raw[mid].count_in(start, end), mid
 
 
+def test_what_window_rules_read_per_hour_equals_the_series_built_from_raw(month) -> None:
+    """``known``, readings and the first and last reading's time, hour by hour, as the rules' raw
+    series has them (``api.alerts.series``): the window rules seed their hour book from these."""
+    from api.alerts.series import Timeline, build_series
+    from api.alerts.source import fetch_registers
+    from api.alerts.window import calendar
+
+    cfg, store, sessions, sim = month
+    start, end = month_bounds(MONTH, cfg)
+    hours = rollups.read_hourly(store, [m.id for m in cfg.meters], start, end, sessions)
+    cal = calendar(cfg)
+    tl = Timeline.build(start, end, cfg.site.tz, cal)
+    # From a week either side: the rollups know the readings around the month, so the raw series must too.
+    pts = fetch_registers(store, cfg.meters, start - 7 * DAY, end + 7 * DAY)
+    checked = unknown = 0
+    for m in cfg.meters:
+        b = cfg.building(m.building)
+        assert b is not None
+        series = build_series(m, b, tl, pts.get(m.id, ()), [False] * len(tl))
+        rows = {int(r.hour.timestamp()): r for r in hours[m.id] if r.quantity == rollups_register(m)}
+        received = list(series.curve.received)
+        for i, t in enumerate(tl.starts):
+            r = rows.get(t)
+            if r is None:
+                assert not series.known[i] and not series.samples[i], (m.id, i)
+                continue
+            assert r.known == bool(series.known[i]), (m.id, i)
+            assert r.readings == series.samples[i], (m.id, i)
+            if r.readings:
+                inside = [x for x in received if t <= x < tl.end_of(i)]
+                assert (t + r.first_s, t + r.last_s) == (inside[0], inside[-1]), (m.id, i)
+            checked += 1
+            unknown += not r.known
+    assert checked > 24 * 28 * (len(cfg.meters) - 1)
+    assert unknown >= 6  # the 6-hour gap of w-dorm-1 at least
+
+
+def rollups_register(m: Any) -> str:
+    from api.alerts.series import REGISTER
+
+    return REGISTER[m.kind]
+
+
 def test_the_monthly_report_from_rollups_equals_the_one_from_raw_registers(month) -> None:
     cfg, store, _sessions, _sim = month
     # With the example campus's time-of-use electricity and water tariffs, so costs are compared too.

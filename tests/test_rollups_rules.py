@@ -113,6 +113,53 @@ def test_the_live_evaluator_gives_the_same_alerts_incrementally_and_in_full(infl
     assert results[0] == results[1]
 
 
+def test_the_live_evaluator_takes_settled_hours_from_rollups_and_raises_the_same_alerts(
+    influxdb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readings arrive in stretches; before each, a rollup pass (as the worker runs it) and a rebuilt book.
+
+    The evaluator that seeds its book from rollups must raise what a raw recomputation raises, and
+    must really have taken its hours from the rollups (most meters, most hours).
+    """
+    from api.alerts import window
+    from campusmon.rollups import RollupMaintainer
+
+    monkeypatch.setattr(window, "FULL_REFRESH_S", 2 * 3600)
+    scn, cfg, store, _s = _stored(influxdb, tmp_path, SCENARIOS["campus_week"], "seeded")
+    t0 = scn.end - 6 * 3600
+    cuts = [t0, t0 + 2 * 3600, t0 + 4 * 3600, scn.end + 1]
+    _e, sessions = init_db(f"sqlite:///{tmp_path}/seeded.sqlite")
+    sc.install_targets(scn, cfg, sessions)
+    clock = [float(t0)]
+    ev = WindowEvaluator(cfg, store, sessions, clock=lambda c=clock: c[0], incremental=True, rollups=True)
+    maintainer = RollupMaintainer(cfg, store, sessions)
+    seeded = []
+    sc.write(scn, cfg, store, until=t0)
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        maintainer.pass_once(now=a)
+        sc.write(scn, cfg, store, since=a, until=b)
+        for t in range(a, min(b, scn.end), 900):
+            clock[0] = float(t)
+            ev.run(now=t)
+            if ev.last_pass["rebuilt"]:
+                seeded.append(ev.last_pass["seeded"])
+    seeded_alerts = _key(_alerts(sessions, cfg))
+
+    _e2, ref_sessions = init_db(f"sqlite:///{tmp_path}/raw.sqlite")
+    sc.install_targets(scn, cfg, ref_sessions)
+    ref = WindowEvaluator(cfg, store, ref_sessions, clock=lambda c=clock: c[0], incremental=False)
+    for t in range(t0, scn.end, 900):
+        clock[0] = float(t)
+        ref.run(now=t)
+    store.close()
+    assert len(seeded) == 3, seeded
+    for st in seeded:  # every rebuild took nearly every meter's settled hours from rollups
+        assert st["meters_from_rollups"] >= 0.9 * len(cfg.meters), st
+        assert st["hours_from_rollups"] > 0, st
+    assert seeded_alerts, "no alert in the week"
+    assert seeded_alerts == _key(_alerts(ref_sessions, cfg))
+
+
 def _alerts(sessions: Any, cfg: Any) -> list[dict[str, Any]]:
     from sqlalchemy import select
 

@@ -74,7 +74,7 @@ def monthly_allocation(
     rule = assessment_settings(cfg).allocation_rule
     bucket = periods.month_range(month, tz)
     grid = Grid.build([bucket], cfg, acc)
-    curves = fetch_curves(store, cfg, cfg.meters, bucket.start, bucket.end, acc)
+    curves = fetch_curves(store, cfg, cfg.meters, bucket.start, bucket.end, acc, cfg.rollups.enabled, now)
     upto = min(bucket.end, max(now, bucket.start))
     names = {u.id: u.name or u.id for u in cfg.units}
     out: list[Line] = []

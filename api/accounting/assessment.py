@@ -249,7 +249,7 @@ def annual_assessment(
     upto = min(end, max(now, start))
     terms = {(u.id, k): unit_terms(cfg, u, MeterKind(k)) for u in cfg.units for k in METERED}
     meters = term_meters([t for ts in terms.values() for t in ts])
-    curves = fetch_curves(store, cfg, meters, p_start, end, acc) if meters else {}
+    curves = fetch_curves(store, cfg, meters, p_start, end, acc, cfg.rollups.enabled, now) if meters else {}
     modes = dict(st.fuel_attribution)
     fuel_now = by_unit(cfg, fuel_rows, modes, date(year, 1, 1), date(year + 1, 1, 1))
     fuel_prev = by_unit(cfg, fuel_rows, modes, date(year - 1, 1, 1), date(year, 1, 1))

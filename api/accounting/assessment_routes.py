@@ -98,7 +98,13 @@ def unit_consumption(
     terms = {k: unit_terms(cfg, u, MeterKind(k)) for k in METERED}
     meters = term_meters([t for ts in terms.values() for t in ts])
     with _influx_errors():
-        curves = fetch_curves(_store(request), cfg, meters, bks[0].start, bks[-1].end, acc) if meters else {}
+        curves = (
+            fetch_curves(
+                _store(request), cfg, meters, bks[0].start, bks[-1].end, acc, cfg.rollups.enabled, now
+            )
+            if meters
+            else {}
+        )
     series = []
     for k, ts in terms.items():
         if not ts:

@@ -149,7 +149,7 @@ def unit_series(
         raise ValueError(f"the range spans {(hi - lo) // 3600} hours; at most {MAX_HOURS} (three years)")
     terms = {k: unit_terms(cfg, unit, k) for k in MeterKind}
     meters = term_meters([t for ts in terms.values() for t in ts])
-    curves = fetch_curves(store, cfg, meters, lo, hi, acc) if meters else {}
+    curves = fetch_curves(store, cfg, meters, lo, hi, acc, cfg.rollups.enabled) if meters else {}
     series = []
     for kind, ts in terms.items():
         if not ts:
@@ -218,7 +218,7 @@ def units_month(
 
     terms = {(u.id, k): unit_terms(cfg, u, k) for u in cfg.units for k in MeterKind}
     meters = term_meters([t for ts in terms.values() for t in ts])
-    curves = fetch_curves(store, cfg, meters, start, end, acc) if meters else {}
+    curves = fetch_curves(store, cfg, meters, start, end, acc, cfg.rollups.enabled) if meters else {}
     out = []
     for u in cfg.units:
         carriers = []

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from api.accounting.consumption import Limits, derive_columns
+from api.accounting.consumption import Event, Limits, derive_columns
 from api.accounting.periods import hour_starts
 from api.alerts.rules.base import Finding
 from api.alerts.series import (
@@ -34,11 +34,11 @@ from api.alerts.series import (
     OccupancyCalendar,
     RawTrace,
     Timeline,
-    gap_limit,
     invalidate_memo,
     occupancy_for,
 )
 from campusmon.config import CampusConfig, Meter
+from campusmon.rollups import HourRow, gap_limit, known_hours
 
 # Raw readings a meter keeps behind its newest accepted one: the live evaluator re-reads the last
 # 6 hours on every pass (late readings from a gateway's backlog land there), plus an hour.
@@ -73,6 +73,8 @@ class _Tail:
     accepted: list[int] = field(default_factory=list)
     floor: int | None = None  # readings before this are folded into the hours for good
     first: int | None = None  # first reading the policy kept: hours before it are not known
+    locked: int = 0  # hours before this index came from rollups (``HourBook.seed``): never rewritten
+    seeded: bool = False
 
 
 @dataclass(slots=True)
@@ -105,6 +107,7 @@ class HourBook:
         self._occ: dict[str, list[bool]] = {}
         self._kinds: dict[object, str] = {}
         self.stats = FeedStats()
+        self._pos: dict[int, int] = {}  # hour start -> index, for seeding
         n = len(timeline)
         for m in meters if meters is not None else cfg.meters:
             b = cfg.building(m.building)
@@ -160,6 +163,53 @@ class HourBook:
             s.rate.extend([None] * k)
             s.memo.pop(("closedday", last_day), None)  # judged on a day that was still partial
         return k
+
+    # -- hours from rollups -------------------------------------------------------------------------------
+
+    def seed(
+        self,
+        meter_id: str,
+        rows: Sequence[HourRow],
+        until: int,
+        first: int | None,
+        received: Iterable[int],
+        events: Iterable[Event],
+    ) -> int:
+        """Take a meter's hours before ``until`` (its rollup watermark) from its hourly rollups.
+
+        The book then only derives hours from ``until`` on, from raw readings that start at the
+        watermark's resume reading (``feed``): the policy restarts there in the state the rollups'
+        derivation had, so those hours equal a full derivation's. ``first`` is the meter's first
+        reading in the timeline's window (hours before it are not known, as in a raw pass);
+        ``received`` the reading times before the resume reading that rules may ask about
+        (``last_reading`` at a catch-up pass, a gateway's other meters), ``events`` the policy's
+        events up to the resume reading (``rollup_events``). Returns the number of hours taken.
+        """
+        s = self.series[meter_id]
+        tail = self._tails[meter_id]
+        tl = self.timeline
+        lock = bisect_left(tl.starts, until)
+        if len(self._pos) != len(tl):
+            self._pos = {t: i for i, t in enumerate(tl.starts)}
+        pos = self._pos
+        used, samples, known = s.used, s.samples, s.known
+        edge = first
+        taken = 0
+        for r in rows:
+            h = int(r.hour.timestamp())
+            i = pos.get(h)
+            if i is None or i >= lock:
+                continue
+            used[i] = r.value
+            samples[i] = r.readings
+            known[i] = r.known is True and edge is not None and h >= edge
+            taken += 1
+        raw = s.curve
+        assert isinstance(raw, RawTrace)
+        raw.received = array("q", sorted(set(received)))
+        raw.events = sorted(events, key=lambda e: e.ts)
+        tail.first, tail.locked, tail.seeded = first, lock, True
+        return taken
 
     # -- readings ---------------------------------------------------------------------------------------
 
@@ -222,7 +272,7 @@ class HourBook:
         curve = derive_columns(ts, [pts[t] for t in ts], self._limits[s.meter.id])
         self.stats.readings += len(ts)
         p = curve.ts or curve.received
-        if t0 == min(pts) and floor is None:
+        if (t0 == min(pts) and floor is None and not tail.seeded) or (tail.seeded and tail.first is None):
             tail.first = p[0] if p else None
         # What the series keeps at raw resolution: reading times and the policy's events.
         raw = s.curve
@@ -233,7 +283,7 @@ class HourBook:
         raw.events = [e for e in raw.events if e.ts <= t0] + [e for e in curve.events if e.ts > t0]
         tail.accepted = acc[: bisect_left(acc, t0)] + list(curve.ts)
         if n:
-            self._rewrite_hours(s, tail, curve.received, p, curve.deltas, k)
+            self._rewrite_hours(s, tail, curve.received, p, curve.deltas, max(k, tail.locked))
         self._trim(tail)
 
     def _rewrite_hours(
@@ -263,17 +313,7 @@ class HourBook:
             samples[h] += 1
         known = bytearray(kend - k)
         if p and tail.first is not None:
-            limit = gap_limit(s.meter)
-            gaps = [(a, b) for a, b in zip(p, p[1:], strict=False) if b - a > limit]
-            first, last = tail.first, p[-1]
-            g = 0
-            for h in range(kend - k):
-                s0, e0 = bounds[h], bounds[h + 1]
-                if s0 < first or e0 > last:
-                    continue
-                while g < len(gaps) and gaps[g][1] <= s0:
-                    g += 1
-                known[h] = not (g < len(gaps) and gaps[g][0] < e0)
+            known = bytearray(known_hours(p, bounds, gap_limit(s.meter), tail.first, p[-1]))
         low: int | None = None
         su, sk, ss = s.used, s.known, s.samples
         for h in range(kend - k):

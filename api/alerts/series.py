@@ -21,6 +21,7 @@ from api.accounting.periods import hour_starts
 from campusmon import quantities
 from campusmon.config import Building, CampusConfig, Meter
 from campusmon.quantities import MeterKind
+from campusmon.rollups import gap_limit, known_hours
 
 # Every meter kind's register and rate (gas and heat too, so silent or stuck meters of any kind are
 # seen); rules for one carrier only (leaks, after-hours power) pick their kind themselves.
@@ -143,10 +144,6 @@ class MeterSeries:
     def first_reading(self) -> int | None:
         return self.curve.received[0] if self.curve.received else None
 
-    def count_between(self, start: int, end: int) -> int:
-        r = self.curve.received
-        return bisect_left(r, end) - bisect_left(r, start)
-
 
 def invalidate_memo(s: MeterSeries, k: int) -> None:
     """Forget what rules remembered about hours at or after ``k`` (they were re-derived).
@@ -179,11 +176,6 @@ def prune_memo(s: MeterSeries, below: int) -> None:
                 del val[i]
 
 
-def gap_limit(meter: Meter) -> int:
-    """A gap longer than this is missing data, not a slow meter: hours inside it are estimated."""
-    return max(3 * meter.interval_s, 2 * 3600)
-
-
 def build_series(
     meter: Meter,
     building: Building,
@@ -209,19 +201,9 @@ def build_series(
                 j += 1
             samples[j] += 1
         # An hour is known when the readings around it are close enough together to trust its shape:
-        # it lies within the data and overlaps no gap longer than ``gap_limit``.
+        # it lies within the data and overlaps no gap longer than ``gap_limit`` (as rollups record it).
         pts = curve.ts or recv
-        limit = gap_limit(meter)
-        gaps = [(a, b) for a, b in zip(pts, pts[1:], strict=False) if b - a > limit]
-        first, last = pts[0], pts[-1]
-        g = 0
-        for i in range(n):
-            s0, e0 = starts[i], bounds[i + 1]
-            if s0 < first or e0 > last:
-                continue
-            while g < len(gaps) and gaps[g][1] <= s0:
-                g += 1
-            known[i] = not (g < len(gaps) and gaps[g][0] < e0)
+        known = known_hours(pts, bounds, gap_limit(meter), pts[0], pts[-1])
     rate: list[float | None] = [None] * n
     for ts, v in rates:
         i = timeline.index(ts)

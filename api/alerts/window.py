@@ -21,6 +21,7 @@ from api.alerts.config import AlertsConfig, alerts_config
 from api.alerts.engine import HourBook, RuleCache
 from api.alerts.evaluate import window_findings
 from api.alerts.rules.context import GatewayWord, Quota, WindowContext
+from api.alerts.seeding import SeedStats, seed_book
 from api.alerts.series import OccupancyCalendar, Timeline, build_campus
 from api.alerts.source import fetch_rates, fetch_registers, load_gateway_status, load_quotas
 from api.alerts.store import AlertStore
@@ -102,6 +103,7 @@ class WindowEvaluator:
         acfg: AlertsConfig | None = None,
         clock: Callable[[], float] = time.time,
         incremental: bool = True,
+        rollups: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.acfg = acfg or alerts_config(cfg)
@@ -121,6 +123,9 @@ class WindowEvaluator:
         self.incremental = incremental
         self.book: HourBook | None = None
         self.cache = RuleCache()
+        # A rebuilt book takes settled hours from hourly rollups (api.alerts.seeding) when they are kept.
+        self.rollups = cfg.rollups.enabled if rollups is None else rollups
+        self.seed_stats: SeedStats | None = None
         self._children = children_of(cfg)
 
     def _refresh_book(self, now: int) -> tuple[HourBook, bool]:
@@ -148,7 +153,12 @@ class WindowEvaluator:
             assert book is not None and self._fetched_until is not None
             since = max(start, self._fetched_until - OVERLAP_S)
             book.grow(now)
-        pts = fetch_registers(self.influx, self.cfg.meters, since, now + 1)
+        if full and self.rollups:
+            pts, self.seed_stats = seed_book(
+                book, self.influx, self.sessions, start, now, self.pending_passes(now)[0]
+            )
+        else:
+            pts = fetch_registers(self.influx, self.cfg.meters, since, now + 1)
         rates = fetch_rates(self.influx, self.cfg.meters, since - since % 3600, now + 1)
         book.feed(pts, rates)
         self.book = book
@@ -269,6 +279,14 @@ class WindowEvaluator:
             "rules_s": round(t3 - t2, 3),
             "rebuilt": rebuilt,
         }
+        if rebuilt and self.incremental and self.seed_stats is not None:
+            st = self.seed_stats
+            self.last_pass["seeded"] = {
+                "meters_from_rollups": st.meters,
+                "hours_from_rollups": st.hours,
+                "meters_read_raw": st.raw_meters,
+                "raw_readings": st.readings,
+            }
         return events
 
 
