@@ -177,6 +177,25 @@ class RollupDirty(Base):
     version: Mapped[int] = mapped_column(BigInteger, default=1)
 
 
+class RollupMonth(Base):
+    """One meter's register summed over one closed local month, per local hour of day.
+
+    Kept beside ``energy_hourly`` so a monthly report asks InfluxDB nothing for a month it has seen:
+    filled by the first report of the month (from the rollups' ``h00``…``h23`` sums), deleted by any
+    rollup pass that rewrites an hour of the month, so a late reading is never hidden
+    (docs/consumption.md, "Hourly rollups").
+    """
+
+    __tablename__ = "rollup_months"
+    meter: Mapped[str] = mapped_column(String(200), primary_key=True)
+    quantity: Mapped[str] = mapped_column(String(60), primary_key=True)
+    month_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    month_end: Mapped[int] = mapped_column(BigInteger)
+    value: Mapped[float] = mapped_column(Float)
+    readings: Mapped[int] = mapped_column(BigInteger)
+    by_hod: Mapped[str] = mapped_column(Text)  # JSON list of the 24 sums, local hours 0..23
+
+
 class RollupEvent(Base):
     """A consumption-policy event (or estimated interval) inside the rolled-up hours, for reports."""
 
@@ -235,4 +254,3 @@ def init_db(url: str) -> tuple[Engine, sessionmaker]:
     engine = make_engine(url)
     migrate(engine)
     return engine, sessionmaker(engine, expire_on_commit=False)
-

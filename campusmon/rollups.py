@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.accounting import periods
 from api.accounting.consumption import Curve, Event, Limits, derive_columns
 from campusmon.config import CampusConfig, Influx, Meter
-from campusmon.db import RollupDirty, RollupEvent, RollupWatermark
+from campusmon.db import RollupDirty, RollupEvent, RollupMonth, RollupWatermark
 from campusmon.influx import InfluxStore, QueryError, _escape_tag, tag_lookup
 from campusmon.quantities import QUANTITIES, MeterKind
 
@@ -861,6 +861,15 @@ class RollupMaintainer:
                         )
                     )
                     s.add_all(o.derived.events)
+                    # A closed month's sums that include a rewritten hour are stale (read again).
+                    s.execute(
+                        delete(RollupMonth).where(
+                            RollupMonth.meter == m,
+                            RollupMonth.quantity == q,
+                            RollupMonth.month_end > o.derived.start,
+                            RollupMonth.month_start < o.derived.until,
+                        )
+                    )
                 s.merge(
                     RollupWatermark(
                         meter=m, quantity=q, until_ts=o.until, resume_ts=o.resume, last_ts=o.last,

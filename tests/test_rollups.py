@@ -448,6 +448,75 @@ def test_a_reading_a_day_late_changes_exactly_its_hours_in_the_rollup_and_the_re
     store.close()
 
 
+def test_a_closed_months_sums_are_kept_and_a_late_reading_puts_them_right(influxdb, tmp_path: Path) -> None:
+    """The monthly report keeps each meter's closed month per hour of day (``rollup_months``) and reads
+    it back instead of asking InfluxDB; a late reading's pass deletes it, and the next report sums again."""
+    from campusmon.db import RollupMonth
+
+    mid = "e-month"
+    cfg = _one_meter_config(
+        influxdb.port, f"sqlite:///{tmp_path}/c.sqlite", mid, "month_" + uuid.uuid4().hex[:8]
+    )
+    example = yaml.safe_load((ROOT / "deploy" / "campus.yaml").read_text())["accounting"]
+    cfg = cfg.model_copy(update={"accounting": example})  # time-of-use prices: costs depend on the hour
+    tz = cfg.site.tz
+    store = open_store(cfg)
+    store.ensure_database()
+    _e, sessions = init_db(cfg.database.url)
+    ing = Ingestor(cfg, store, DeadLetters(sessions), "test")
+    month = periods.local_date(int(time.time()) - 62 * DAY, tz).strftime("%Y-%m")
+    bucket = periods.month_range(month, tz)
+    late_ts = bucket.start + 10 * DAY + 11 * 3600
+    msgs = [
+        _payload(mid, ts, 100.0 + 3.0 * k)
+        for k, ts in enumerate(range(bucket.start - 3600, bucket.end + 3600, 900))
+        if ts != late_ts
+    ]
+    for i in range(0, len(msgs), 500):
+        ing.process(msgs[i : i + 500])
+    m = rollups.RollupMaintainer(cfg, store, sessions)
+    m.pass_once(now=bucket.end + 2 * 3600)
+    acct = parse_accounting(cfg)
+
+    def kept() -> list[RollupMonth]:
+        with sessions() as s:
+            return list(s.scalars(select(RollupMonth)))
+
+    def same_as_raw() -> Any:
+        got = service.monthly_report(store, cfg, acct, month, now=bucket.end + 3 * 3600)
+        raw = service.monthly_report(store, cfg, acct, month, use_rollups=False, now=bucket.end + 3 * 3600)
+        for a, b in zip(got.rows, raw.rows, strict=True):
+            assert a.consumption == pytest.approx(b.consumption, rel=1e-9, abs=1e-9), a
+            assert a.cost == pytest.approx(b.cost, rel=1e-9, abs=1e-9), a
+            assert a.readings_received == b.readings_received, a
+        return got
+
+    assert kept() == []
+    same_as_raw()
+    first = kept()
+    assert [(r.meter, r.quantity, r.month_start, r.month_end) for r in first] == [
+        (mid, "energy_kwh", bucket.start, bucket.end)
+    ]
+    assert sum(json.loads(first[0].by_hod)) == pytest.approx(first[0].value, rel=1e-12)
+    # Read back: the kept sums answer; InfluxDB's rollups are not asked again (a damaged sum shows).
+    with sessions.begin() as s:
+        row = s.get(RollupMonth, (mid, "energy_kwh", bucket.start))
+        assert row is not None
+        row.by_hod = json.dumps([x * 2 for x in json.loads(row.by_hod)])
+    doubled = service.monthly_report(store, cfg, acct, month, now=bucket.end + 3 * 3600)
+    raw = service.monthly_report(store, cfg, acct, month, use_rollups=False, now=bucket.end + 3 * 3600)
+    assert doubled.rows[0].consumption == pytest.approx(2 * raw.rows[0].consumption, rel=1e-9)
+    # A late reading: its pass deletes the month's sums, the next report sums again, as the raw one.
+    ing.process([_payload(mid, late_ts, 100.0 + 3.0 * ((late_ts - bucket.start + 3600) // 900) + 1.5)])
+    m.pass_once(now=bucket.end + 3 * 3600)
+    assert kept() == []
+    same_as_raw()
+    again = kept()
+    assert len(again) == 1 and again[0].readings == first[0].readings + 1
+    assert json.loads(again[0].by_hod) != json.loads(first[0].by_hod)
+    store.close()
+
+
 # --- SIGKILL of the worker that keeps the rollups ---------------------------------------------------
 
 

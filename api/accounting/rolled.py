@@ -14,6 +14,7 @@ rollups do not cover yet), ``fetch_rolled`` returns None and the caller reads ra
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -358,7 +359,6 @@ def month_by_hour_of_day(
     day, or when a meter's rollups do not cover the whole month.
     """
     from api.accounting.service import Grid
-    from campusmon.rollups import HOD_FIELDS, query_all, rollup_source
 
     tz = cfg.site.tz
     if len(grid.buckets) != 1:
@@ -390,42 +390,9 @@ def month_by_hour_of_day(
         if w is None or w.grid != cfg.site.timezone or w.until_ts < end:
             return _raw(f"{m.id}: the month is not rolled up to its end")
         until[m.id] = w.until_ts
-    src = rollup_source(cfg.influxdb)
-    # Per kind, the hours of day whose sums are read: every hour of day but those of the largest
-    # price class, whose sum is the month's total less the others (fewer fields for InfluxDB to sum).
-    stmts: list[str] = []
-    rest_of: dict[MeterKind, list[int]] = {}
-    for kind in sorted({m.kind for m in meters}, key=lambda k: k.value):
-        kp = prices.get(kind) or [None] * 24
-        classes: dict[float | None, list[int]] = {}
-        for h in range(24):
-            classes.setdefault(kp[h], []).append(h)
-        big = max(classes.items(), key=lambda c: len(c[1]))
-        rest = big[1] if big[0] is not None else []
-        rest_of[kind] = rest
-        fields = [HOD_FIELDS[h] for h in range(24) if h not in rest]
-        sums = "".join(f',sum("{f}") AS "{f}"' for f in fields)
-        stmts.append(
-            f'SELECT sum("value") AS "value",sum("readings") AS "readings"{sums} FROM {src}'
-            f" WHERE \"quantity\" = '{FIELDS[kind]}' AND \"kind\" = '{kind.value}'"
-            f' AND time >= {start}s AND time < {end}s GROUP BY "meter"'
-        )
-    series, missing = query_all(store, stmts)
-    if missing:
-        return _raw(missing)
-    kind_of = {m.id: m.kind for m in meters}
-    got: dict[str, tuple[list[float], int]] = {}
-    for s in series:
-        mid = s.get("tags", {}).get("meter")
-        if mid not in kind_of or not s["values"]:
-            continue
-        idx = {c: k for k, c in enumerate(s["columns"])}
-        row = s["values"][0]
-        rest = rest_of[kind_of[mid]]
-        by_hod = [0.0 if h in rest else float(row[idx[HOD_FIELDS[h]]] or 0.0) for h in range(24)]
-        if rest:
-            by_hod[rest[0]] = float(row[idx["value"]] or 0.0) - sum(by_hod)
-        got[mid] = (by_hod, int(row[idx["readings"]] or 0))
+    got = _month_sums(store, cfg, sessions, meters, start, end, wm)
+    if got is None:
+        return _raw("the rollups' month sums are unreadable")
     evs = _events(sessions, meters, start, max(until.values()))
     if evs is None:
         return _raw("rollup events unreadable")
@@ -438,6 +405,109 @@ def month_by_hour_of_day(
         out[m.id] = MonthCurve(by_hod, n, start, end, events, estimated)
     folded = Grid(bounds=list(range(25)), bucket_of_hour=[0] * 24, buckets=[bucket], prices=prices)
     return folded, out
+
+
+def _month_sums(
+    store: InfluxStore,
+    cfg: CampusConfig,
+    sessions: sessionmaker[Session],
+    meters: Sequence[Meter],
+    start: int,
+    end: int,
+    wm: dict[tuple[str, str], RollupWatermark],
+) -> dict[str, tuple[list[float], int]] | None:
+    """Each meter's month as 24 hour-of-day sums and its readings: kept ones (``rollup_months``) first,
+    the others summed by InfluxDB from ``energy_hourly`` and kept for the next report.
+
+    A sum is kept only if the meter's watermark did not move while InfluxDB summed (a pass that
+    rewrites an hour of the month deletes the kept sum after storing the hour, so none can go stale).
+    """
+    from campusmon.db import RollupMonth
+    from campusmon.rollups import HOD_FIELDS, meter_regex, query_all, rollup_source
+
+    want = {m.id: FIELDS[m.kind] for m in meters}
+    got: dict[str, tuple[list[float], int]] = {}
+    ids = sorted(want)
+    try:
+        with sessions() as s:
+            for i in range(0, len(ids), 500):
+                q = select(RollupMonth).where(
+                    RollupMonth.meter.in_(ids[i : i + 500]),
+                    RollupMonth.month_start == start,
+                    RollupMonth.month_end == end,
+                )
+                for r in s.scalars(q):
+                    if want.get(r.meter) == r.quantity:
+                        got[r.meter] = ([float(x) for x in json.loads(r.by_hod)], int(r.readings))
+    except SQLAlchemyError as e:
+        log.warning("kept month sums unreadable, summing in InfluxDB: %s", e)
+    missing = [m for m in meters if m.id not in got]
+    if not missing:
+        return got
+    src = rollup_source(cfg.influxdb)
+    sums = "".join(f',sum("{f}") AS "{f}"' for f in HOD_FIELDS)
+    stmts: list[str] = []
+    for kind in sorted({m.kind for m in missing}, key=lambda k: k.value):
+        ids_k = sorted(m.id for m in missing if m.kind is kind)
+        for i in range(0, len(ids_k), 1000):
+            stmts.append(
+                f'SELECT sum("value") AS "value",sum("readings") AS "readings"{sums} FROM {src}'
+                f" WHERE \"quantity\" = '{FIELDS[kind]}' AND \"kind\" = '{kind.value}'"
+                f' AND "meter" =~ /^({meter_regex(ids_k[i : i + 1000])})$/'
+                f' AND time >= {start}s AND time < {end}s GROUP BY "meter"'
+            )
+    series, gone = query_all(store, stmts)
+    if gone:
+        return None
+    fresh: dict[str, tuple[list[float], int, float]] = {}
+    for sr in series:
+        mid = sr.get("tags", {}).get("meter")
+        if mid not in want or not sr["values"]:
+            continue
+        idx = {c: k for k, c in enumerate(sr["columns"])}
+        row = sr["values"][0]
+        by_hod = [float(row[idx[f]] or 0.0) for f in HOD_FIELDS]
+        fresh[mid] = (by_hod, int(row[idx["readings"]] or 0), float(row[idx["value"]] or 0.0))
+    for m in missing:
+        by_hod, n, _v = fresh.get(m.id, ([0.0] * 24, 0, 0.0))
+        got[m.id] = (by_hod, n)
+    _keep_months(sessions, missing, fresh, start, end, wm)
+    return got
+
+
+def _keep_months(
+    sessions: sessionmaker[Session],
+    meters: Sequence[Meter],
+    fresh: dict[str, tuple[list[float], int, float]],
+    start: int,
+    end: int,
+    wm: dict[tuple[str, str], RollupWatermark],
+) -> None:
+    from campusmon.db import RollupMonth
+
+    def mark(w: RollupWatermark | None) -> tuple[object, ...] | None:
+        return None if w is None else (w.until_ts, w.resume_ts, w.last_ts, w.checked_at)
+
+    try:
+        with sessions.begin() as s:
+            ids = [m.id for m in meters]
+            now: dict[tuple[str, str], RollupWatermark] = {}
+            for i in range(0, len(ids), 500):
+                q = select(RollupWatermark).where(RollupWatermark.meter.in_(ids[i : i + 500]))
+                now.update({(w.meter, w.quantity): w for w in s.scalars(q)})
+            for m in meters:
+                key = (m.id, FIELDS[m.kind])
+                if mark(now.get(key)) != mark(wm.get(key)):
+                    continue  # a pass ran meanwhile: the next report sums again
+                by_hod, n, v = fresh.get(m.id, ([0.0] * 24, 0, 0.0))
+                s.merge(
+                    RollupMonth(
+                        meter=m.id, quantity=key[1], month_start=start, month_end=end,
+                        value=v, readings=n, by_hod=json.dumps(by_hod),
+                    )
+                )  # fmt: skip
+    except SQLAlchemyError as e:
+        log.warning("month sums not kept: %s", e)
 
 
 def _hour(t: int, tz: Any) -> int:
