@@ -180,10 +180,11 @@ class RollupDirty(Base):
 class RollupMonth(Base):
     """One meter's register summed over one closed local month, per local hour of day.
 
-    Kept beside ``energy_hourly`` so a monthly report asks InfluxDB nothing for a month it has seen:
-    filled by the first report of the month (from the rollups' ``h00``…``h23`` sums), deleted by any
-    rollup pass that rewrites an hour of the month, so a late reading is never hidden
-    (docs/consumption.md, "Hourly rollups").
+    Kept beside ``energy_hourly`` so a monthly report asks InfluxDB nothing: each rollup pass adds the
+    hours it appends (``covered_until`` moves on), a pass that rewrites an hour already summed (a
+    late reading, a rebuild) deletes the row, and a report sums such a month from ``energy_hourly``
+    once and keeps it (docs/consumption.md, "Hourly rollups"). Complete when ``covered_until`` is
+    ``month_end``.
     """
 
     __tablename__ = "rollup_months"
@@ -191,6 +192,7 @@ class RollupMonth(Base):
     quantity: Mapped[str] = mapped_column(String(60), primary_key=True)
     month_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     month_end: Mapped[int] = mapped_column(BigInteger)
+    covered_until: Mapped[int] = mapped_column(BigInteger)  # hours before this are summed
     value: Mapped[float] = mapped_column(Float)
     readings: Mapped[int] = mapped_column(BigInteger)
     by_hod: Mapped[str] = mapped_column(Text)  # JSON list of the 24 sums, local hours 0..23

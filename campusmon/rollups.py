@@ -21,6 +21,7 @@ Incremental upkeep:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -861,21 +862,54 @@ class RollupMaintainer:
                         )
                     )
                     s.add_all(o.derived.events)
-                    # A closed month's sums that include a rewritten hour are stale (read again).
-                    s.execute(
-                        delete(RollupMonth).where(
-                            RollupMonth.meter == m,
-                            RollupMonth.quantity == q,
-                            RollupMonth.month_end > o.derived.start,
-                            RollupMonth.month_start < o.derived.until,
-                        )
-                    )
+                    self._sum_months(s, o)
                 s.merge(
                     RollupWatermark(
                         meter=m, quantity=q, until_ts=o.until, resume_ts=o.resume, last_ts=o.last,
                         grid=self.grid, checked_at=float(now),
                     )
                 )  # fmt: skip
+
+    def _sum_months(self, s: Session, o: _Outcome) -> None:
+        """Add appended hours to their months' sums (``rollup_months``); drop a month whose hours were rewritten.
+
+        In the watermark's transaction, so a pass killed before it commits adds nothing, and the
+        pass that does it again adds once.
+        """
+        d = o.derived
+        assert d is not None
+        m, q = o.task.meter.id, o.task.quantity
+        extends = o.task.rewrite_from is not None and o.task.rewrite_from == d.start
+        months: dict[int, list[int]] = {}
+        for i, h in enumerate(d.hours):
+            months.setdefault(periods.floor(h, "month", self.tz), []).append(i)
+        for ms, idx in months.items():
+            row = s.get(RollupMonth, (m, q, ms))
+            first = d.hours[idx[0]]
+            if not extends:
+                if row is not None:
+                    s.delete(row)  # rewritten hours: a report sums the month again
+                continue
+            if row is None:
+                if first != ms and not o.task.from_first:
+                    continue  # the month's earlier hours are not summed here: a report sums it
+                end = periods.floor(ms + 32 * 86400, "month", self.tz)
+                row = RollupMonth(
+                    meter=m, quantity=q, month_start=ms, month_end=end, covered_until=first,
+                    value=0.0, readings=0, by_hod=json.dumps([0.0] * 24),
+                )  # fmt: skip
+                s.add(row)
+            elif row.covered_until != first:
+                s.delete(row)
+                continue
+            by_hod = json.loads(row.by_hod)
+            for i in idx:
+                by_hod[datetime.fromtimestamp(d.hours[i], self.tz).hour] += d.values[i]
+            row.by_hod = json.dumps(by_hod)
+            row.value += sum(d.values[i] for i in idx)
+            row.readings += sum(d.readings[i] for i in idx)
+            nxt = idx[-1] + 1
+            row.covered_until = d.hours[nxt] if nxt < len(d.hours) else d.until
 
     def _commit_empty(self, t: _Task, now: int) -> None:
         """A series without any reading yet: checked up to this hour; late readings come as marks."""

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from api.accounting import periods, service
 from api.accounting.campus import Scope
@@ -448,9 +448,12 @@ def test_a_reading_a_day_late_changes_exactly_its_hours_in_the_rollup_and_the_re
     store.close()
 
 
-def test_a_closed_months_sums_are_kept_and_a_late_reading_puts_them_right(influxdb, tmp_path: Path) -> None:
-    """The monthly report keeps each meter's closed month per hour of day (``rollup_months``) and reads
-    it back instead of asking InfluxDB; a late reading's pass deletes it, and the next report sums again."""
+def test_a_months_sums_are_kept_by_each_pass_and_a_late_reading_puts_them_right(
+    influxdb, tmp_path: Path
+) -> None:
+    """Each rollup pass adds the hours it appends to their month's sums per hour of day
+    (``rollup_months``), which the monthly report reads instead of asking InfluxDB; a late reading's
+    pass drops them, and the next report sums the month from the rollups again and keeps it."""
     from campusmon.db import RollupMonth
 
     mid = "e-month"
@@ -467,53 +470,64 @@ def test_a_closed_months_sums_are_kept_and_a_late_reading_puts_them_right(influx
     month = periods.local_date(int(time.time()) - 62 * DAY, tz).strftime("%Y-%m")
     bucket = periods.month_range(month, tz)
     late_ts = bucket.start + 10 * DAY + 11 * 3600
-    msgs = [
-        _payload(mid, ts, 100.0 + 3.0 * k)
+    sent = [
+        (ts, 100.0 + 3.0 * k + (k % 96) * 0.01 * k)
         for k, ts in enumerate(range(bucket.start - 3600, bucket.end + 3600, 900))
         if ts != late_ts
     ]
-    for i in range(0, len(msgs), 500):
-        ing.process(msgs[i : i + 500])
     m = rollups.RollupMaintainer(cfg, store, sessions)
-    m.pass_once(now=bucket.end + 2 * 3600)
+    for i in range(0, len(sent), 700):  # a pass after every stretch: the sums grow pass by pass
+        part = sent[i : i + 700]
+        ing.process([_payload(mid, ts, v) for ts, v in part])
+        m.pass_once(now=part[-1][0] + 600)
     acct = parse_accounting(cfg)
+    at = bucket.end + 3 * 3600
 
     def kept() -> list[RollupMonth]:
         with sessions() as s:
-            return list(s.scalars(select(RollupMonth)))
+            return list(s.scalars(select(RollupMonth).where(RollupMonth.month_start == bucket.start)))
 
     def same_as_raw() -> Any:
-        got = service.monthly_report(store, cfg, acct, month, now=bucket.end + 3 * 3600)
-        raw = service.monthly_report(store, cfg, acct, month, use_rollups=False, now=bucket.end + 3 * 3600)
+        got = service.monthly_report(store, cfg, acct, month, now=at)
+        raw = service.monthly_report(store, cfg, acct, month, use_rollups=False, now=at)
         for a, b in zip(got.rows, raw.rows, strict=True):
             assert a.consumption == pytest.approx(b.consumption, rel=1e-9, abs=1e-9), a
             assert a.cost == pytest.approx(b.cost, rel=1e-9, abs=1e-9), a
             assert a.readings_received == b.readings_received, a
         return got
 
-    assert kept() == []
-    same_as_raw()
-    first = kept()
-    assert [(r.meter, r.quantity, r.month_start, r.month_end) for r in first] == [
-        (mid, "energy_kwh", bucket.start, bucket.end)
-    ]
-    assert sum(json.loads(first[0].by_hod)) == pytest.approx(first[0].value, rel=1e-12)
-    # Read back: the kept sums answer; InfluxDB's rollups are not asked again (a damaged sum shows).
+    # Kept by the passes, complete, and what InfluxDB sums from the rollups.
+    (row,) = kept()
+    assert (row.meter, row.quantity, row.month_end, row.covered_until) == (
+        mid,
+        "energy_kwh",
+        bucket.end,
+        bucket.end,
+    )
+    by_passes = json.loads(row.by_hod)
     with sessions.begin() as s:
-        row = s.get(RollupMonth, (mid, "energy_kwh", bucket.start))
-        assert row is not None
-        row.by_hod = json.dumps([x * 2 for x in json.loads(row.by_hod)])
-    doubled = service.monthly_report(store, cfg, acct, month, now=bucket.end + 3 * 3600)
-    raw = service.monthly_report(store, cfg, acct, month, use_rollups=False, now=bucket.end + 3 * 3600)
+        s.execute(delete(RollupMonth))
+    same_as_raw()  # sums the month in InfluxDB and keeps it
+    (row,) = kept()
+    assert json.loads(row.by_hod) == pytest.approx(by_passes, rel=1e-9)
+    assert sum(by_passes) == pytest.approx(row.value, rel=1e-12)
+    # Read back: the kept sums answer, InfluxDB is not asked again (a damaged sum shows in the report).
+    with sessions.begin() as s:
+        r = s.get(RollupMonth, (mid, "energy_kwh", bucket.start))
+        assert r is not None
+        r.by_hod = json.dumps([x * 2 for x in json.loads(r.by_hod)])
+    doubled = service.monthly_report(store, cfg, acct, month, now=at)
+    raw = service.monthly_report(store, cfg, acct, month, use_rollups=False, now=at)
     assert doubled.rows[0].consumption == pytest.approx(2 * raw.rows[0].consumption, rel=1e-9)
-    # A late reading: its pass deletes the month's sums, the next report sums again, as the raw one.
-    ing.process([_payload(mid, late_ts, 100.0 + 3.0 * ((late_ts - bucket.start + 3600) // 900) + 1.5)])
-    m.pass_once(now=bucket.end + 3 * 3600)
+    # A late reading: its pass drops the month's sums, the next report sums again, as the raw one.
+    k_late = (late_ts - bucket.start + 3600) // 900
+    ing.process([_payload(mid, late_ts, 100.0 + 3.0 * k_late + (k_late % 96) * 0.01 * k_late + 1.5)])
+    m.pass_once(now=at)
     assert kept() == []
     same_as_raw()
-    again = kept()
-    assert len(again) == 1 and again[0].readings == first[0].readings + 1
-    assert json.loads(again[0].by_hod) != json.loads(first[0].by_hod)
+    (again,) = kept()
+    assert again.readings == row.readings + 1
+    assert json.loads(again.by_hod) != pytest.approx(by_passes, rel=1e-9)
     store.close()
 
 

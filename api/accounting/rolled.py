@@ -416,8 +416,8 @@ def _month_sums(
     end: int,
     wm: dict[tuple[str, str], RollupWatermark],
 ) -> dict[str, tuple[list[float], int]] | None:
-    """Each meter's month as 24 hour-of-day sums and its readings: kept ones (``rollup_months``) first,
-    the others summed by InfluxDB from ``energy_hourly`` and kept for the next report.
+    """Each meter's month as 24 hour-of-day sums and its readings: the rollup passes' (``rollup_months``)
+    first, the others summed by InfluxDB from ``energy_hourly`` and kept for the next report.
 
     A sum is kept only if the meter's watermark did not move while InfluxDB summed (a pass that
     rewrites an hour of the month deletes the kept sum after storing the hour, so none can go stale).
@@ -435,6 +435,7 @@ def _month_sums(
                     RollupMonth.meter.in_(ids[i : i + 500]),
                     RollupMonth.month_start == start,
                     RollupMonth.month_end == end,
+                    RollupMonth.covered_until >= end,
                 )
                 for r in s.scalars(q):
                     if want.get(r.meter) == r.quantity:
@@ -503,7 +504,7 @@ def _keep_months(
                 s.merge(
                     RollupMonth(
                         meter=m.id, quantity=key[1], month_start=start, month_end=end,
-                        value=v, readings=n, by_hod=json.dumps(by_hod),
+                        covered_until=end, value=v, readings=n, by_hod=json.dumps(by_hod),
                     )
                 )  # fmt: skip
     except SQLAlchemyError as e:

@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("quantity", sa.String(length=60), nullable=False),
         sa.Column("month_start", sa.BigInteger(), nullable=False),
         sa.Column("month_end", sa.BigInteger(), nullable=False),
+        sa.Column("covered_until", sa.BigInteger(), nullable=False),
         sa.Column("value", sa.Float(), nullable=False),
         sa.Column("readings", sa.BigInteger(), nullable=False),
         sa.Column("by_hod", sa.Text(), nullable=False),
