@@ -14,8 +14,9 @@ no policy, arithmetic or rendering. Goal: at most 1.5x the bare query time.
 The figures read the hourly rollups (``campusmon/rollups.py``), built once after the fill (the time of
 that one-month build is printed). The monthly report from rollups is then compared with the bare time
 of reading the month's raw registers (the requests a raw computation sends): ``report speed-up vs
-raw: N×``, goal at least 10×. A closed month's sums per meter and hour of day are kept in the
-relational store by its first report (``rollup_months``); the first report's time is printed too.
+raw: N×``, goal at least 10×. The rollup passes keep each month's sums per meter and hour of day in
+the relational store (``rollup_months``); a late reading drops them and the next report sums the
+month in InfluxDB: that report's time is printed too.
 
 Run: .venv/bin/python bench/query.py [--meters 500] [--days 30] [--runs 5]
 """
@@ -213,13 +214,19 @@ def run(cfg: CampusConfig, settings: Any, start: int, end: int, runs: int) -> No
             bares.append(timed(bare))
             fulls.append(timed(lambda f=fn: f(store)))
         b, f = statistics.median(bares), statistics.median(fulls)
+        if not rec.queries:  # answered from the relational store alone: no InfluxQL to compare with
+            print(f"{name:<24}{0:>8}{0:>11,}{'-':>14}{f:>10.3f}{'-':>7}")
+            continue
         worst = max(worst, f / b)
         print(f"{name:<24}{len(rec.queries):>8}{points:>11,}{b:>14.3f}{f:>10.3f}{f / b:>7.2f}")
     report_queries = rec.queries  # the last case is the monthly report
-    plain = statistics.median(
-        timed(lambda: [store.query(q, chunked=ch) for q, ch in report_queries]) for _ in range(runs)
-    )
-    print(f"(the report's requests with the collector running, as a plain client reads them: {plain:.3f} s)")
+    if report_queries:
+        plain = statistics.median(
+            timed(lambda: [store.query(q, chunked=ch) for q, ch in report_queries]) for _ in range(runs)
+        )
+        print(f"(the report's requests with the collector running, as a plain client reads them: {plain:.3f} s)")
+    else:
+        print("(the monthly report asked InfluxDB nothing: the rollup passes keep its month sums)")
     # The monthly report from rollups against the bare time of reading the month's raw registers.
     bucket = periods.month_range(month, cfg.site.tz)
     raw_stmts = service.statements(cfg, cfg.meters, bucket.start, bucket.end, settings)
@@ -233,7 +240,7 @@ def run(cfg: CampusConfig, settings: Any, start: int, end: int, runs: int) -> No
         return report.to_csv(service.monthly_report(store, cfg, settings, month, (), end, use_rollups=False))
 
     def forget_months() -> None:
-        """Drop the kept month sums, so the next report asks InfluxDB for them (the month's first report)."""
+        """Drop the kept month sums, as a late reading's pass does: the next report sums the month in InfluxDB."""
         from sqlalchemy import delete
 
         from api.accounting.rolled import sessions_for
@@ -255,13 +262,13 @@ def run(cfg: CampusConfig, settings: Any, start: int, end: int, runs: int) -> No
     rb, rr, rf = statistics.median(raws), statistics.median(rolled), statistics.median(raw_full)
     r1 = statistics.median(first)
     print(
-        f"\nmonthly report from rollups {rr:.3f} s (the month's first report, summing the rollups in "
-        f"InfluxDB and keeping the sums: {r1:.3f} s); bare InfluxQL of the month's raw registers "
+        f"\nmonthly report from rollups {rr:.3f} s (a month whose kept sums a late reading dropped, summed "
+        f"again in InfluxDB: {r1:.3f} s); bare InfluxQL of the month's raw registers "
         f"({raw_points:,} points) {rb:.3f} s; the report computed from raw registers {rf:.3f} s"
     )
     print(
         f"report speed-up vs raw: {rb / rr:.1f}× (goal >= 10×: {'met' if rb / rr >= 10 else 'NOT met'}); "
-        f"the month's first report: {rb / r1:.1f}×"
+        f"after a late reading: {rb / r1:.1f}×"
     )
     print(f"\nmedian of {runs} interleaved runs; worst ratio {worst:.2f} (goal <= 1.5): "
           f"{'met' if worst <= 1.5 else 'NOT met'}")  # fmt: skip

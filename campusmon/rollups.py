@@ -881,8 +881,12 @@ class RollupMaintainer:
         m, q = o.task.meter.id, o.task.quantity
         extends = o.task.rewrite_from is not None and o.task.rewrite_from == d.start
         months: dict[int, list[int]] = {}
+        ms = me = None
         for i, h in enumerate(d.hours):
-            months.setdefault(periods.floor(h, "month", self.tz), []).append(i)
+            if me is None or h >= me:  # local months: the boundary is computed once per month
+                ms = periods.floor(h, "month", self.tz)
+                me = periods.floor(ms + 32 * 86400, "month", self.tz)
+            months.setdefault(ms, []).append(i)
         for ms, idx in months.items():
             row = s.get(RollupMonth, (m, q, ms))
             first = d.hours[idx[0]]
