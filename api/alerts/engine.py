@@ -193,7 +193,6 @@ class HourBook:
             self._pos = {t: i for i, t in enumerate(tl.starts)}
         pos = self._pos
         used, samples, known = s.used, s.samples, s.known
-        edge = first
         taken = 0
         for r in rows:
             h = int(r.hour.timestamp())
@@ -202,7 +201,7 @@ class HourBook:
                 continue
             used[i] = r.value
             samples[i] = r.readings
-            known[i] = r.known is True and edge is not None and h >= edge
+            known[i] = r.known is True and first is not None and h >= first
             taken += 1
         raw = s.curve
         assert isinstance(raw, RawTrace)
