@@ -527,6 +527,16 @@ class PostgreSQL(Server):
             "fsync=on",
         ]
 
+    def create_database(self, name: str) -> str:
+        """A new, empty database in this cluster; returns its SQLAlchemy URL (tests and benches get one each)."""
+        import psycopg
+
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=campus dbname=postgres", autocommit=True
+        ) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://campus@127.0.0.1:{self.port}/{name}"
+
     def ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

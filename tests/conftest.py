@@ -130,10 +130,4 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The relational store's URL: each test using it runs on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/campus.sqlite"
-    import psycopg
-
-    srv = request.getfixturevalue("postgresql")
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(f"host=127.0.0.1 port={srv.port} user=campus dbname=postgres", autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    return f"postgresql+psycopg://campus@127.0.0.1:{srv.port}/{name}"
+    return request.getfixturevalue("postgresql").create_database("t_" + uuid.uuid4().hex[:12])

@@ -10,7 +10,6 @@ import threading
 import uuid
 from typing import Any
 
-import psycopg
 from sqlalchemy import text
 
 from api.alerts.backtest import backtest
@@ -30,12 +29,7 @@ DORM = {
 
 
 def _pg_database(postgresql: Any) -> str:
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(
-        f"host=127.0.0.1 port={postgresql.port} user=campus dbname=postgres", autocommit=True
-    ) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    return f"postgresql+psycopg://campus@127.0.0.1:{postgresql.port}/{name}"
+    return postgresql.create_database("t_" + uuid.uuid4().hex[:12])
 
 
 def test_backtest_commit_waits_for_the_event_ordering_lock(postgresql, influxdb, make_config) -> None:

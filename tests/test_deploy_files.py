@@ -556,13 +556,7 @@ def test_api_health_check_is_its_readiness(tmp_path, mosquitto, db_name) -> None
 
 
 def test_worker_health_check_follows_its_lease(tmp_path, postgresql, influxdb, db_name) -> None:
-    import psycopg
-
-    with psycopg.connect(
-        f"host=127.0.0.1 port={postgresql.port} user=campus dbname=postgres", autocommit=True
-    ) as c:
-        c.execute(f'CREATE DATABASE "{db_name}"')
-    url = f"postgresql+psycopg://campus@127.0.0.1:{postgresql.port}/{db_name}"
+    url = postgresql.create_database(db_name)
     cfg = write_config(
         tmp_path,
         influxdb={"url": f"http://127.0.0.1:{influxdb.port}", "database": db_name},

@@ -73,18 +73,7 @@ def test_every_scenario_gives_the_same_alerts_incrementally_and_in_full(
 
 @pytest.mark.slow
 def test_the_clean_corpus_gives_the_same_alerts_incrementally_and_in_full(influxdb, tmp_path: Path) -> None:
-    corpus = cp.clean_corpus(date(2025, 9, 1))
-    cfg = corpus.campus(
-        {
-            "influxdb": {
-                "url": f"http://127.0.0.1:{influxdb.port}",
-                "database": "corpus_" + uuid.uuid4().hex[:8],
-            },
-            "database": {"url": f"sqlite:///{tmp_path}/campus.sqlite"},
-        }
-    )
-    store = open_store(cfg)
-    store.ensure_database()
+    corpus, cfg, store, _s = _stored(influxdb, tmp_path, lambda: cp.clean_corpus(date(2025, 9, 1)), "corpus")
     cp.write(corpus, cfg, store)
     inc = backtest(cfg, store, corpus.start, corpus.end, step_s=900)
     full = backtest(cfg, store, corpus.start, corpus.end, step_s=900, full=True)

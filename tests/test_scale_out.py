@@ -232,12 +232,7 @@ def _campus(pg_url: str, mosq_port: int, influx_port: int, db: str, hooks: str) 
 
 @pytest.fixture
 def pg_url(postgresql: Any) -> str:
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(
-        f"host=127.0.0.1 port={postgresql.port} user=campus dbname=postgres", autocommit=True
-    ) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    return f"postgresql+psycopg://campus@127.0.0.1:{postgresql.port}/{name}"
+    return postgresql.create_database("t_" + uuid.uuid4().hex[:12])
 
 
 class Procs:

@@ -250,7 +250,7 @@ def fetch_rolled(
             raw_of[mid].extend(s["values"])
         else:
             raw_of[mid][:0] = s["values"]
-    evs = _events(sessions, meters, start, max(end, hi) + settings.lookaround_s)
+    evs = policy_events(sessions, meters, start, max(end, hi) + settings.lookaround_s)
     if evs is None:
         return _raw("rollup events unreadable")
     out: dict[str, Any] = {}
@@ -282,7 +282,7 @@ def fetch_rolled(
     return out
 
 
-def _events(
+def policy_events(
     sessions: sessionmaker[Session], meters: Sequence[Meter], start: int, end: int
 ) -> dict[str, tuple[list[Event], list[tuple[int, int, float]]]] | None:
     """Policy events and estimated intervals the rollups recorded in ``[start, end)``, per meter."""
@@ -393,7 +393,7 @@ def month_by_hour_of_day(
     got = _month_sums(store, cfg, sessions, meters, start, end, wm)
     if got is None:
         return _raw("the rollups' month sums are unreadable")
-    evs = _events(sessions, meters, start, max(until.values()))
+    evs = policy_events(sessions, meters, start, max(until.values()))
     if evs is None:
         return _raw("rollup events unreadable")
     out: dict[str, MonthCurve] = {}

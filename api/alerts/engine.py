@@ -74,7 +74,6 @@ class _Tail:
     floor: int | None = None  # readings before this are folded into the hours for good
     first: int | None = None  # first reading the policy kept: hours before it are not known
     locked: int = 0  # hours before this index came from rollups (``HourBook.seed``): never rewritten
-    seeded: bool = False
 
 
 @dataclass(slots=True)
@@ -207,7 +206,7 @@ class HourBook:
         assert isinstance(raw, RawTrace)
         raw.received = array("q", sorted(set(received)))
         raw.events = sorted(events, key=lambda e: e.ts)
-        tail.first, tail.locked, tail.seeded = first, lock, True
+        tail.first, tail.locked = first, lock
         return taken
 
     # -- readings ---------------------------------------------------------------------------------------
@@ -271,7 +270,10 @@ class HourBook:
         curve = derive_columns(ts, [pts[t] for t in ts], self._limits[s.meter.id])
         self.stats.readings += len(ts)
         p = curve.ts or curve.received
-        if (t0 == min(pts) and floor is None and not tail.seeded) or (tail.seeded and tail.first is None):
+        # The meter's first reading: known from rollups in a seeded book (unless the window had none
+        # before the raw readings), else the first of a derivation that starts from its whole history.
+        from_start = tail.first is None if tail.locked else (t0 == min(pts) and floor is None)
+        if from_start:
             tail.first = p[0] if p else None
         # What the series keeps at raw resolution: reading times and the policy's events.
         raw = s.curve

@@ -30,21 +30,22 @@ whose figures the cold start changes (a break just before the window) take the r
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.accounting import periods
-from api.accounting.consumption import Event
+from api.accounting.rolled import policy_events
 from api.alerts.engine import HourBook
 from api.alerts.series import REGISTER
 from api.alerts.source import fetch_registers
 from campusmon.config import Meter
-from campusmon.db import RollupEvent
 from campusmon.influx import InfluxStore
 from campusmon.rollups import HourRow, read_hourly, watermarks
+
+log = logging.getLogger(__name__)
 
 # Raw reads of seeded meters start on a 6-hour grid, so meters with nearby watermarks share requests.
 GRID_S = 6 * 3600
@@ -124,6 +125,15 @@ def seed_book(
             continue
         plan[mid] = (m, until, resume, rows, t)
         starts.setdefault(t, []).append(m)
+    # The policy's events up to each resume reading (estimated intervals are the hours' own business).
+    stored = (
+        policy_events(sessions, [p[0] for p in plan.values()], start, max(p[2] for p in plan.values()) + 1)
+        if plan
+        else {}
+    )
+    if stored is None:
+        log.warning("rollup events unreadable: the hour book is read from raw registers")
+        stored, plan, starts = {}, {}, {}
     raw = [m for m in meters if m.id not in plan]
     pts: dict[str, list[tuple[int, float]]] = {}
     if raw:
@@ -133,14 +143,14 @@ def seed_book(
     head = (
         fetch_registers(store, [p[0] for p in plan.values()], start, hour0) if plan and start < hour0 else {}
     )
-    events = _events(sessions, plan, start)
     for mid, (_m, until, resume, rows, t) in plan.items():
         mine = pts.get(mid, [])
         first = _first(head.get(mid), rows)
         received = [ts for ts, _ in mine if ts < resume]
         before = _last_row_before(rows, t)
         received += [x for x in (first, before) if x is not None]
-        stats.hours += book.seed(mid, rows, until, first, received, events.get(mid, ()))
+        events = [e for e in stored.get(mid, ([], []))[0] if e.ts <= resume]
+        stats.hours += book.seed(mid, rows, until, first, received, events)
         feed[mid] = [(ts, v) for ts, v in mine if ts >= resume]
         stats.meters += 1
     for m in raw:
@@ -177,22 +187,3 @@ def _last_row_at(rows: Sequence[HourRow], t: int) -> int:
         if h <= t and r.readings:
             return h
     return t
-
-
-def _events(
-    sessions: sessionmaker[Session], plan: dict[str, tuple[Meter, int, int, list[HourRow], int]], start: int
-) -> dict[str, list[Event]]:
-    """The policy's events of each seeded meter's register from ``start`` to its resume reading."""
-    out: dict[str, list[Event]] = {}
-    ids = sorted(plan)
-    with sessions() as s:
-        for i in range(0, len(ids), 500):
-            part = ids[i : i + 500]
-            q = select(RollupEvent).where(
-                RollupEvent.meter.in_(part), RollupEvent.ts >= start, RollupEvent.kind != "estimated"
-            )
-            for e in s.scalars(q):
-                m, _u, resume, _r, _t = plan[e.meter]
-                if e.quantity == REGISTER[m.kind] and e.ts <= resume:
-                    out.setdefault(e.meter, []).append(Event(e.ts, e.kind, e.value, e.previous, e.detail))  # type: ignore[arg-type]
-    return out
