@@ -107,6 +107,7 @@ def _ports_agree_or_exit(cfg: CampusConfig, path: Path | None) -> None:
 
 def _servers(cfg: CampusConfig) -> list:
     """The local servers; a running one is described by the port it was started on."""
+    from campusmon.rollups import retention_statements
     from campusmon.services import InfluxDB, Mosquitto
 
     root = Path(cfg.services.data_dir)
@@ -121,7 +122,11 @@ def _servers(cfg: CampusConfig) -> list:
             require_certificate=s.require_certificate,
         ),
         InfluxDB(
-            root / "influxdb", s.influxdb_port, auth=s.influxdb_auth, databases=(cfg.influxdb.database,)
+            root / "influxdb",
+            s.influxdb_port,
+            auth=s.influxdb_auth,
+            databases=(cfg.influxdb.database,),
+            setup=tuple(retention_statements(cfg.influxdb)),
         ),
     ]
     for srv in servers:

@@ -96,9 +96,17 @@ def run_demo(config: Path, hours: int, interval: int, data_dir: Path = DEMO_DIR)
         }
     )
     cfg = load_config(config, env)
+    from campusmon.rollups import retention_statements  # the accounting policy loads only here
+
     servers: list[Server] = [
         Mosquitto(data_dir / "mosquitto", ports["mqtt"]),
-        InfluxDB(data_dir / "influxdb", ports["influx"], auth=True, databases=(cfg.influxdb.database,)),
+        InfluxDB(
+            data_dir / "influxdb",
+            ports["influx"],
+            auth=True,
+            databases=(cfg.influxdb.database,),
+            setup=tuple(retention_statements(cfg.influxdb)),
+        ),
     ]
     creds = demo_identities(cfg, DeviceRegistry(servers[0].data_dir))
     env.update(

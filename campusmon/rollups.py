@@ -127,6 +127,51 @@ def write_target(influx: Influx) -> str | None:
     return influx.rollup_retention_policy
 
 
+def retention_statements(ic: Influx) -> list[str]:
+    """InfluxDB 1.x statements (admin only) that keep rollups for ever and raw readings for
+    ``influxdb.raw_retention``: run by whoever sets the server up (``campusmon services``, the demo)
+    and tried again by the rollup maintainer."""
+    db, rp = ic.database, ic.rollup_retention_policy
+    stmts = [f'CREATE RETENTION POLICY "{rp}" ON "{db}" DURATION INF REPLICATION 1']
+    if ic.retention_policy and ic.retention_policy != rp:
+        stmts.append(f'ALTER RETENTION POLICY "{ic.retention_policy}" ON "{db}" DURATION {ic.raw_retention}')
+    return stmts
+
+
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _seconds(duration: str) -> int:
+    """``104w``, ``17472h0m0s``, ``INF``/``0s`` (for ever: 0) in seconds."""
+    if duration.upper() == "INF":
+        return 0
+    return sum(int(n) * _UNIT_S[u] for n, u in re.findall(r"(\d+)([smhdw])", duration))
+
+
+def _policies(store: InfluxStore, db: str) -> dict[str, int]:
+    """Retention policies of ``db`` and their durations (s, 0 = for ever); empty if they cannot be read."""
+    try:
+        series = store.query(f'SHOW RETENTION POLICIES ON "{db}"')
+    except Exception:
+        return {}
+    out: dict[str, int] = {}
+    for sr in series:
+        idx = {c: k for k, c in enumerate(sr.get("columns", []))}
+        if "name" not in idx or "duration" not in idx:
+            continue
+        for v in sr.get("values", []):
+            out[str(v[idx["name"]])] = _seconds(str(v[idx["duration"]]))
+    return out
+
+
+def _in_force(stmt: str, have: dict[str, int], ic: Influx) -> bool:
+    """Whether a statement of ``retention_statements`` would change nothing (so a user without the
+    right to run it is not told it failed)."""
+    if stmt.startswith("CREATE"):
+        return have.get(ic.rollup_retention_policy) == 0
+    return have.get(ic.retention_policy) == _seconds(ic.raw_retention)
+
+
 def ensure_retention(store: InfluxStore, cfg: CampusConfig) -> list[str]:
     """Rollups for ever, raw readings for ``influxdb.raw_retention``; returns what could not be done.
 
@@ -139,16 +184,12 @@ def ensure_retention(store: InfluxStore, cfg: CampusConfig) -> list[str]:
     ic = cfg.influxdb
     problems: list[str] = []
     if ic.backend == "v1":
-        db, rp = ic.database, ic.rollup_retention_policy
         try:
             store.ensure_database()
         except Exception as e:
             problems.append(f"create database: {e}")
-        stmts = [f'CREATE RETENTION POLICY "{rp}" ON "{db}" DURATION INF REPLICATION 1']
-        if ic.retention_policy and ic.retention_policy != rp:
-            stmts.append(
-                f'ALTER RETENTION POLICY "{ic.retention_policy}" ON "{db}" DURATION {ic.raw_retention}'
-            )
+        have = _policies(store, ic.database)
+        stmts = [q for q in retention_statements(ic) if not _in_force(q, have, ic)]
         for q in stmts:
             try:
                 store.query(q)

@@ -76,3 +76,49 @@ def test_users_survive_a_restart(tmp_path, db_name) -> None:
         assert names == {u for u, _ in first.values()}
     finally:
         srv.stop()
+
+
+def test_set_up_makes_the_rollup_policies_so_the_writer_alone_keeps_rollups(
+    tmp_path, db_name, make_config
+) -> None:
+    """The writer may not create retention policies: the server's set-up does (as ``campusmon services`` and
+    the demo start it), and the rollup maintainer, writing as the writer, then has nothing to complain of."""
+    from campusmon import rollups
+    from campusmon.db import init_db
+
+    data = {"buildings": [{"id": "b1"}], "meters": [{"id": "e-1", "building": "b1", "kind": "electricity"}]}
+    plain = make_config(data=data)
+    srv = InfluxDB(
+        tmp_path / "influx", free_port(), auth=True, databases=(db_name,),
+        setup=tuple(rollups.retention_statements(plain.influxdb)),
+    )  # fmt: skip
+    srv.start()
+    try:
+        (wu, wp), (ru, rp) = srv.users()["writer"], srv.users()["reader"]
+        cfg = make_config(data=data, influxdb={"url": f"http://127.0.0.1:{srv.port}", "username": wu, "password": wp,
+                                              "read_username": ru, "read_password": rp, "create_database": False})  # fmt: skip
+        store = open_store(cfg)
+        t0 = int(time.time()) // 3600 * 3600 - 6 * 3600
+        store.write([Reading("e-1", "energy_kwh", 10.0 + k, t0 + k * 900) for k in range(20)])
+        assert rollups.ensure_retention(store, cfg) == []  # in force already: nothing refused
+        _e, sessions = init_db(cfg.database.url)
+        st = rollups.RollupMaintainer(cfg, store, sessions).pass_once(now=t0 + 20 * 900)
+        rows = rollups.read_hourly(store, ["e-1"], t0, t0 + 20 * 900, sessions)["e-1"]
+        store.close()
+        assert st.hours_written > 0
+        assert sum(r.value for r in rows if r.quantity == "energy_kwh") == pytest.approx(16.0)
+    finally:
+        srv.stop()
+    # Without the set-up, the writer is refused the policies and says so.
+    bare = InfluxDB(tmp_path / "bare", free_port(), auth=True, databases=(db_name,))
+    bare.start()
+    try:
+        (wu, wp) = bare.users()["writer"]
+        cfg = make_config(data=data, influxdb={"url": f"http://127.0.0.1:{bare.port}", "username": wu, "password": wp,
+                                              "create_database": False})  # fmt: skip
+        store = open_store(cfg)
+        problems = rollups.ensure_retention(store, cfg)
+        store.close()
+        assert any("CREATE RETENTION POLICY" in p and "admin" in p for p in problems), problems
+    finally:
+        bare.stop()
