@@ -185,6 +185,7 @@ class MqttFleet:
         self.memory = memory
         self.pub = BackpressurePublisher(host, port, client_id, auth=auth)
         self.published: list[Reading] = []  # handed to the broker: what a test compares InfluxDB against
+        self.handed: list[bytes] = []  # the payloads handed to the broker, in order (with keep_history)
         self.taken: list[Reading] = []  # every reading measured, sent or not
         self.dropped_readings: list[Reading] = []  # measured, then dropped from a full memory
         self.faults_sent: dict[str, int] = {}
@@ -274,8 +275,10 @@ class MqttFleet:
                 self._kept[meter].popleft()
                 self._order.popleft()
                 self._n_kept -= 1
-                if self.keep_history and kept.readings:
-                    self.published.extend(kept.readings)
+                if self.keep_history:
+                    self.handed.append(kept.payload)
+                    if kept.readings:
+                        self.published.extend(kept.readings)
                 self._lock.notify_all()
 
     @property

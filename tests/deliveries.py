@@ -18,12 +18,15 @@ class Deliveries:
     def __init__(self) -> None:
         self.counts: Counter[bytes] = Counter()
         self.dup = 0
+        self.dup_payloads: set[bytes] = set()
         self.lock = threading.Lock()
 
     def __call__(self, m: mqtt.MQTTMessage) -> None:
         with self.lock:
             self.counts[m.payload] += 1
             self.dup += bool(m.dup)
+            if m.dup:
+                self.dup_payloads.add(m.payload)
 
     def total(self) -> int:
         with self.lock:
