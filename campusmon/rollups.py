@@ -428,6 +428,7 @@ class Derived:
     known: list[bool] = field(default_factory=list)
     first_s: list[int | None] = field(default_factory=list)
     last_s: list[int | None] = field(default_factory=list)
+    hods: list[int] = field(default_factory=list)  # each hour's local hour of day (0..23)
 
 
 def gap_limit(meter: Meter) -> int:
@@ -542,13 +543,14 @@ def derive_hours(
         if readings[i]:
             first_s[i] = rec[cuts[i]] - bounds[i]
             last_s[i] = rec[cuts[i + 1] - 1] - bounds[i]
+    hods = [datetime.fromtimestamp(h, tz).hour for h in hours]
     return Derived(
         start, until, hours, values, shares, readings, quarantined, resets, rollovers, events,
-        known, first_s, last_s,
+        known, first_s, last_s, hods,
     )  # fmt: skip
 
 
-def to_lines(d: Derived, meter: Meter, quantity: str, tags: dict[str, str], tz: Any) -> list[str]:
+def to_lines(d: Derived, meter: Meter, quantity: str, tags: dict[str, str]) -> list[str]:
     tag = f"meter={_escape_tag(meter.id)}"
     for k, v in tags.items():
         if v:
@@ -556,13 +558,12 @@ def to_lines(d: Derived, meter: Meter, quantity: str, tags: dict[str, str], tz: 
     tag += f",kind={meter.kind.value},quantity={quantity}"
     out = []
     for i, h in enumerate(d.hours):
-        hod = datetime.fromtimestamp(h, tz).hour
         v = d.values[i]
         edge = "" if d.first_s[i] is None else f"first_s={d.first_s[i]}i,last_s={d.last_s[i]}i,"
         out.append(
             f"{MEASUREMENT},{tag} value={v!r},estimated_share={d.shares[i]!r},"
             f"quarantined={d.quarantined[i]}i,reset={d.resets[i]}i,readings={d.readings[i]}i,"
-            f"rollovers={d.rollovers[i]}i,known={int(d.known[i])}i,{edge}{HOD_FIELDS[hod]}={v!r} {h}"
+            f"rollovers={d.rollovers[i]}i,known={int(d.known[i])}i,{edge}{HOD_FIELDS[d.hods[i]]}={v!r} {h}"
         )
     return out
 
@@ -886,7 +887,7 @@ class RollupMaintainer:
         d = derive_hours(curve, t.meter, t.quantity, start, until, tz, t.from_first or t.series_start)
         tags = self.tags(t.meter.id)
         stats.hours_written += len(d.hours)
-        return _Outcome(t, d, until, resume, last, to_lines(d, t.meter, t.quantity, tags, tz))
+        return _Outcome(t, d, until, resume, last, to_lines(d, t.meter, t.quantity, tags))
 
     def _commit(self, outcomes: list[_Outcome], now: int) -> None:
         """Events and watermarks in one transaction, after the points are stored."""
@@ -921,14 +922,14 @@ class RollupMaintainer:
         assert d is not None
         m, q = o.task.meter.id, o.task.quantity
         extends = o.task.rewrite_from is not None and o.task.rewrite_from == d.start
-        months: dict[int, list[int]] = {}
+        months: dict[tuple[int, int], list[int]] = {}
         ms = me = None
         for i, h in enumerate(d.hours):
             if me is None or h >= me:  # local months: the boundary is computed once per month
                 ms = periods.floor(h, "month", self.tz)
                 me = periods.floor(ms + 32 * 86400, "month", self.tz)
-            months.setdefault(ms, []).append(i)
-        for ms, idx in months.items():
+            months.setdefault((ms, me), []).append(i)
+        for (ms, me), idx in months.items():
             row = s.get(RollupMonth, (m, q, ms))
             first = d.hours[idx[0]]
             if not extends:
@@ -938,9 +939,8 @@ class RollupMaintainer:
             if row is None:
                 if first != ms and not o.task.from_first:
                     continue  # the month's earlier hours are not summed here: a report sums it
-                end = periods.floor(ms + 32 * 86400, "month", self.tz)
                 row = RollupMonth(
-                    meter=m, quantity=q, month_start=ms, month_end=end, covered_until=first,
+                    meter=m, quantity=q, month_start=ms, month_end=me, covered_until=first,
                     value=0.0, readings=0, by_hod=json.dumps([0.0] * 24),
                 )  # fmt: skip
                 s.add(row)
@@ -949,7 +949,7 @@ class RollupMaintainer:
                 continue
             by_hod = json.loads(row.by_hod)
             for i in idx:
-                by_hod[datetime.fromtimestamp(d.hours[i], self.tz).hour] += d.values[i]
+                by_hod[d.hods[i]] += d.values[i]
             row.by_hod = json.dumps(by_hod)
             row.value += sum(d.values[i] for i in idx)
             row.readings += sum(d.readings[i] for i in idx)
